@@ -1,0 +1,1 @@
+"""Headless training, evaluation and export for LabelReg (imports the labelreg library)."""

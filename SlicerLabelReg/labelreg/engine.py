@@ -1,0 +1,178 @@
+"""Inference: register fixed/moving volumes with a trained model and return physical results.
+
+The engine keeps the model loaded (live updates register frame after frame without
+re-reading weights), runs under ``torch.inference_mode()``, picks CUDA when asked for "auto"
+and available, and never modifies its inputs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import LabelRegError, RegistrationCancelled
+from .grid import Grid
+from .model import MODES, RegistrationModel, normalize_intensity
+from .model_io import load_model
+from .transforms import initial_transform, transform_points
+from .volume import Volume
+from .warp import sample
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
+    if device not in DEVICES:
+        raise LabelRegError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LabelRegError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+@dataclass
+class RegistrationResult:
+    """Outputs on the fixed image grid. Transforms map fixed LPS points to moving LPS points.
+
+    Attributes:
+        affine_lps: (4, 4) initial alignment composed with the global net's affine.
+        ddf_lps: (nz, ny, nx, 3) composite displacement (affine and local), mm, LPS components.
+        warped_moving: (nz, ny, nx) moving image resampled onto the fixed grid (original units).
+        warped_labels: (C, nz, ny, nx) moving labels warped trilinearly (values in [0, 1]), or None.
+        fixed_grid: the grid of the outputs.
+        timings: seconds per stage.
+    """
+
+    affine_lps: np.ndarray
+    ddf_lps: np.ndarray
+    warped_moving: np.ndarray
+    warped_labels: Optional[np.ndarray]
+    fixed_grid: Grid
+    mode: str
+    device: str
+    timings: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+class RegistrationEngine:
+    """Register MR (moving) to TRUS (fixed) with a :class:`RegistrationModel`.
+
+    Args:
+        model: a loaded model, a path to a model file, or None for the bundled model.
+        device: "auto", "cpu" or "cuda".
+        threads: CPU threads for torch (None leaves torch's setting).
+    """
+
+    def __init__(self, model=None, device: str = "auto", threads: int | None = None):
+        if isinstance(model, RegistrationModel):
+            self.model, self.metadata = model, {}
+        else:
+            self.model, self.metadata = load_model(model)
+        self.device = select_device(device)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model.to(self.device).eval()
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def register(self, fixed: Volume, moving: Volume, moving_labels: Volume | None = None,
+                 mode: str = "deformable", initial_alignment: str | None = None,
+                 progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RegistrationResult:
+        """Register one pair; see :meth:`register_batch`."""
+        return self.register_batch([(fixed, moving, moving_labels)], mode, initial_alignment, progress, cancel)[0]
+
+    def register_batch(self, pairs, mode: str = "deformable", initial_alignment: str | None = None,
+                       progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> list:
+        """Register several (fixed, moving, moving_labels-or-None) pairs.
+
+        Pairs whose fixed and moving grids are all identical run through the networks as one
+        batch; others run one by one. ``progress(fraction, message)`` is called between stages
+        and ``cancel()`` is polled there: returning True raises :class:`RegistrationCancelled`.
+        """
+        if mode not in MODES:
+            raise LabelRegError(f"mode must be one of {MODES}, got {mode!r}")
+        pairs = [tuple(p) + (None,) * (3 - len(p)) for p in pairs]
+        for fixed, moving, labels in pairs:
+            self._check_pair(fixed, moving, labels)
+        same = all(p[0].grid == pairs[0][0].grid and p[1].grid == pairs[0][1].grid for p in pairs)
+        if len(pairs) > 1 and not same:
+            return [self.register_batch([p], mode, initial_alignment, progress, cancel)[0] for p in pairs]
+        with torch.inference_mode():
+            return self._run(pairs, mode, initial_alignment or self.config.initial_alignment, progress, cancel)
+
+    @staticmethod
+    def _check_pair(fixed: Volume, moving: Volume, labels: Volume | None):
+        for role, volume in (("fixed", fixed), ("moving", moving)):
+            if volume.array.ndim != 3:
+                raise LabelRegError(f"{volume.name}: the {role} image must be 3-D, got shape {volume.array.shape}")
+        if labels is not None and not labels.grid.same_as(moving.grid):
+            raise LabelRegError(f"{labels.name}: moving labels are not on the moving image's grid")
+
+    def _run(self, pairs, mode, alignment, progress, cancel) -> list:
+        timings = {}
+        clock = time.perf_counter()
+
+        def step(fraction, message, stage=None):
+            nonlocal clock
+            if stage:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                timings[stage] = timings.get(stage, 0.0) + now - clock
+                clock = now
+            if cancel is not None and cancel():
+                raise RegistrationCancelled("registration cancelled")
+            if progress is not None:
+                progress(fraction, message)
+
+        step(0.0, "preprocessing")
+        dev, pct = self.device, self.config.intensity_percentiles
+        fixed_grid, moving_grid = pairs[0][0].grid, pairs[0][1].grid
+
+        def stack(arrays):
+            return torch.from_numpy(np.stack(arrays)[:, None]).to(dev)
+
+        fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
+        moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
+        initial = torch.as_tensor(initial_transform(fixed_grid, moving_grid, alignment), dtype=torch.float32, device=dev)
+        initial = initial.expand(len(pairs), 4, 4)
+        step(0.2, "running the networks", "preprocess")
+
+        affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode)
+        step(0.6, "composing the transform", "network")
+
+        points = fixed_grid.points_lps(device=dev)
+        ddf_full = None
+        if ddf_net is not None:  # local field on the network grid -> fixed grid
+            ddf_full = sample(ddf_net.permute(0, 4, 1, 2, 3), net_grid, points, padding_mode="border")
+            ddf_full = ddf_full.permute(0, 2, 3, 4, 1)
+        moving_points = transform_points(affine, points, ddf_full)
+        step(0.75, "warping", "compose")
+
+        results = []
+        for b, (fixed_vol, moving_vol, labels) in enumerate(pairs):
+            image = torch.from_numpy(np.ascontiguousarray(moving_vol.array, dtype=np.float32))[None, None].to(dev)
+            warped = sample(image, moving_grid, moving_points[b:b + 1])[0, 0]
+            warped_labels = None
+            if labels is not None:
+                channels = torch.from_numpy(np.ascontiguousarray(labels.channels, dtype=np.float32))[None].to(dev)
+                warped_labels = sample(channels, moving_grid, moving_points[b:b + 1])[0].clamp(0, 1).cpu().numpy()
+            results.append(RegistrationResult(
+                affine_lps=affine[b].double().cpu().numpy(),
+                ddf_lps=(moving_points[b] - points).cpu().numpy(),
+                warped_moving=warped.cpu().numpy(),
+                warped_labels=warped_labels,
+                fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
+            ))
+        step(1.0, "done", "warp")
+        return results

@@ -1,0 +1,195 @@
+"""Reading and writing images, labels and transforms with SimpleITK, with checks that give
+one clear message per bad input, and atomic writes (a file appears whole or not at all)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import LabelRegError
+from .grid import Grid
+from .volume import Volume
+
+#: refuse images with more voxels than this before reading them (512^3 x 2)
+MAX_VOXELS = 2 * 512**3
+MAX_CHANNELS = 64
+
+
+def _read_header(path: Path):
+    if not path.exists():
+        raise LabelRegError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise LabelRegError(f"{path}: is not a file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise LabelRegError(f"{path}: cannot be read as an image (NIfTI, NRRD, MHA, ...): {first}") from None
+    size = reader.GetSize()
+    if int(np.prod(size, dtype=np.int64)) * max(1, reader.GetNumberOfComponents()) > MAX_VOXELS:
+        raise LabelRegError(
+            f"{path}: size {size} is too large (over {MAX_VOXELS} voxels); crop or downsample it first"
+        )
+    return reader
+
+
+def _read_pixels(reader, path: Path) -> sitk.Image:
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise LabelRegError(f"{path}: the file is damaged or truncated: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def read_image(path, role: str = "image") -> Volume:
+    """Read a 3-D scalar image as float32; refuse 2-D/4-D, vector, NaN or constant images."""
+    path = Path(path)
+    reader = _read_header(path)
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    if dim == 4 and size[3] == 1:
+        dim = 3
+    if dim != 3:
+        raise LabelRegError(f"{path}: the {role} must be a 3-D volume, this file is {dim}-D with size {size}")
+    if reader.GetNumberOfComponents() != 1:
+        raise LabelRegError(f"{path}: the {role} must be a scalar (grey-level) volume, not a vector/RGB image")
+    image = _read_pixels(reader, path)
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    check_image_array(array, f"{path} ({role})")
+    return Volume(array, Grid.from_sitk(image), str(path))
+
+
+def check_image_array(array: np.ndarray, name: str) -> None:
+    """Refuse arrays the networks cannot use: non-finite values or no contrast."""
+    if min(array.shape) < 2:
+        raise LabelRegError(f"{name}: size {array.shape[::-1]} is degenerate; need at least 2 voxels per axis")
+    if not np.isfinite(array).all():
+        raise LabelRegError(f"{name}: contains NaN or infinite values; fix or mask them first")
+    if float(array.max()) - float(array.min()) <= 0:
+        raise LabelRegError(f"{name}: is constant (every voxel {float(array.flat[0])}); is it the right file?")
+
+
+def read_labels(path, reference: Grid, role: str = "labels") -> Volume:
+    """Read labels as float32 (C, z, y, x) in [0, 1].
+
+    A 3-D file is one channel (a label map with values 1..N becomes N one-hot channels);
+    a 4-D file (x, y, z, C) keeps its channels in order. The grid must match ``reference``.
+    """
+    path = Path(path)
+    reader = _read_header(path)
+    image = _read_pixels(reader, path)
+    dim = image.GetDimension()
+    if dim not in (3, 4) or image.GetNumberOfComponentsPerPixel() != 1:
+        raise LabelRegError(f"{path}: {role} must be a 3-D label map or a 4-D (x, y, z, channel) image")
+    grid = Grid.from_sitk(image)
+    if not grid.same_as(reference):
+        raise LabelRegError(
+            f"{path}: {role} grid ({grid.describe()}) does not match its image ({reference.describe()}); "
+            "labels must be on the same voxels as the image they belong to"
+        )
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise LabelRegError(f"{path}: {role} contain NaN or infinite values")
+    if dim == 3:
+        values = np.unique(array)
+        if values.min() < 0:
+            raise LabelRegError(f"{path}: {role} contain negative values")
+        if np.all(np.isin(values, np.round(values))) and values.max() > 1:
+            array = np.stack([(array == v).astype(np.float32) for v in values[values > 0]])
+        else:
+            array = array[None]
+    if array.shape[0] > MAX_CHANNELS:
+        raise LabelRegError(f"{path}: {array.shape[0]} label channels; at most {MAX_CHANNELS} are supported")
+    if array.min() < 0 or array.max() > 1:
+        raise LabelRegError(f"{path}: {role} values must lie in [0, 1] (one channel per label)")
+    empty = [c for c in range(array.shape[0]) if not array[c].any()]
+    if empty:
+        raise LabelRegError(f"{path}: label channel(s) {empty} are empty; remove them or fix the segmentation")
+    return Volume(array, grid, str(path))
+
+
+# ------------------------------------------------------------------ writing
+def atomic_path(path) -> "AtomicFile":
+    return AtomicFile(path)
+
+
+class AtomicFile:
+    """``with AtomicFile(p) as tmp: write(tmp)`` writes to a temporary file beside ``p`` with
+    the same suffix, then renames it over ``p``; on error the temporary file is removed."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __enter__(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(self.path.suffixes) or ".tmp"
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name.split('.')[0]}-", suffix=suffix, dir=self.path.parent)
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        return False
+
+
+def _write(image: sitk.Image, path) -> Path:
+    with AtomicFile(path) as tmp:
+        sitk.WriteImage(image, tmp, useCompression=True)
+    return Path(path)
+
+
+def write_image(path, array: np.ndarray, grid: Grid) -> Path:
+    """Write a (z, y, x) array on ``grid``."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    grid.apply_to_sitk(image)
+    return _write(image, path)
+
+
+def write_labels(path, channels: np.ndarray, grid: Grid) -> Path:
+    """Write (C, z, y, x) label channels as a 4-D (x, y, z, C) image like the input labels
+    (a single channel is written 4-D too, so the channel count is kept)."""
+    channels = np.ascontiguousarray(channels, dtype=np.float32)
+    image = sitk.GetImageFromArray(channels)  # 4-D, axes reversed: (x, y, z, C)
+    direction = np.eye(4)
+    direction[:3, :3] = grid.direction_matrix
+    image.SetSpacing(grid.spacing + (1.0,))
+    image.SetOrigin(grid.origin + (0.0,))
+    image.SetDirection(direction.ravel().tolist())
+    return _write(image, path)
+
+
+def write_displacement(path, ddf_lps: np.ndarray, grid: Grid) -> Path:
+    """Write a (z, y, x, 3) LPS displacement field (fixed -> moving, mm) as a vector image that
+    ``SimpleITK.DisplacementFieldTransform`` (and Slicer) apply directly."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ddf_lps, dtype=np.float64), isVector=True)
+    grid.apply_to_sitk(image)
+    return _write(image, path)
+
+
+def read_displacement_transform(path) -> sitk.DisplacementFieldTransform:
+    image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
+    return sitk.DisplacementFieldTransform(image)
+
+
+def affine_to_sitk(affine_lps: np.ndarray) -> sitk.AffineTransform:
+    affine_lps = np.asarray(affine_lps, dtype=np.float64)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(affine_lps[:3, :3].ravel().tolist())
+    transform.SetTranslation(affine_lps[:3, 3].tolist())
+    return transform
+
+
+def write_affine(path, affine_lps: np.ndarray) -> Path:
+    """Write a 4x4 LPS fixed -> moving matrix as an ITK transform file (.tfm / .h5 / .txt)."""
+    with AtomicFile(path) as tmp:
+        sitk.WriteTransform(affine_to_sitk(affine_lps), tmp)
+    return Path(path)

@@ -1,0 +1,126 @@
+"""The registration model: global net + local net + the geometry that links them.
+
+:meth:`RegistrationModel.forward_pair` is the single forward path used by training,
+evaluation, the command line and the Slicer module.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .grid import Grid
+from .networks import GlobalNet, LocalNet
+from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, transform_points
+from .warp import sample
+
+FORMAT_VERSION = 1
+MODES = ("affine", "deformable", "local")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model and prepare its inputs (saved in every checkpoint).
+
+    Attributes:
+        grid_spacing_mm: isotropic spacing of the network grid, built around the fixed image.
+        initial_alignment: "centers" (align volume centres) or "headers" (trust file headers).
+        intensity_percentiles: each image is mapped linearly so these percentiles go to 0 and 1.
+        global_net / local_net: constructor arguments of the two networks.
+    """
+
+    grid_spacing_mm: float = 3.0
+    initial_alignment: str = "centers"
+    intensity_percentiles: tuple = (1.0, 99.0)
+    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4})
+    local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4})
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.initial_alignment not in INITIAL_ALIGNMENTS:
+            raise ValueError(f"initial_alignment must be one of {INITIAL_ALIGNMENTS}")
+        self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["intensity_percentiles"] = list(self.intensity_percentiles)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def normalize_intensity(array: np.ndarray, percentiles=(1.0, 99.0)) -> np.ndarray:
+    """Map the given percentiles of ``array`` to 0 and 1 (float32, clipped to [-0.5, 1.5])."""
+    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))
+    low, high = np.percentile(array[::step, ::step, ::step], percentiles)
+    if high <= low:
+        low, high = float(array.min()), float(array.max())
+    scale = 1.0 / max(float(high - low), 1e-6)
+    return np.clip((array.astype(np.float32) - np.float32(low)) * np.float32(scale), -0.5, 1.5).astype(np.float32)
+
+
+class RegistrationModel(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.global_net = GlobalNet(**self.config.global_net)
+        self.local_net = LocalNet(**self.config.local_net)
+
+    @property
+    def grid_multiple(self) -> int:
+        return max(self.global_net.multiple, self.local_net.multiple)
+
+    def network_grid(self, fixed_grid: Grid) -> Grid:
+        """The grid the networks see: around the fixed image, at ``grid_spacing_mm``."""
+        return fixed_grid.resampled(self.config.grid_spacing_mm, self.grid_multiple)
+
+    def forward_pair(
+        self,
+        fixed: torch.Tensor,
+        fixed_grid: Grid,
+        moving: torch.Tensor,
+        moving_grid: Grid,
+        initial_lps: torch.Tensor,
+        mode: str = "deformable",
+        fixed_points_lps: torch.Tensor | None = None,
+        train_global: bool = True,
+    ):
+        """Register a batch of pairs.
+
+        Args:
+            fixed: (B, 1, nz, ny, nx) normalised fixed images on ``fixed_grid``.
+            moving: (B, 1, mz, my, mx) normalised moving images on ``moving_grid``.
+            initial_lps: (B, 4, 4) fixed -> moving initial transform.
+            mode: "affine" (global net only), "deformable" (global then local) or "local"
+                (local net after the initial transform only).
+            fixed_points_lps: where to sample the fixed image for the network grid, (B, D, H, W, 3)
+                (training uses this for augmentation); default: the network grid points.
+            train_global: when False the global net runs without gradients (local stage).
+
+        Returns:
+            (affine_lps (B, 4, 4), ddf_lps (B, D, H, W, 3) or None, net_grid, fixed_net) where
+            the moving point of network-grid point x is ``affine_lps (x + ddf_lps(x))``.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        net_grid = self.network_grid(fixed_grid)
+        points = net_grid.points_lps(dtype=fixed.dtype, device=fixed.device)
+        fixed_net = sample(fixed, fixed_grid, points if fixed_points_lps is None else fixed_points_lps)
+        affine_lps = initial_lps.to(fixed.dtype)
+        if mode != "local":
+            moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
+            with torch.set_grad_enabled(train_global and torch.is_grad_enabled()):
+                params = self.global_net(torch.cat([fixed_net, moving_net], dim=1))
+            affine_lps = affine_lps @ affine_from_params(params, net_grid)
+        if mode == "affine":
+            return affine_lps, None, net_grid, fixed_net
+        if not train_global:
+            affine_lps = affine_lps.detach()
+        moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
+        ddf_grid = self.local_net(torch.cat([fixed_net, moving_net], dim=1))
+        return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net

@@ -1,0 +1,142 @@
+"""The two networks of Hu et al. 2018, "Weakly-supervised convolutional neural networks for
+multimodal image registration" (arXiv 1711.01666).
+
+Both take a (B, 2, D, H, W) tensor: channel 0 the fixed (TRUS) image, channel 1 the moving
+(MR) image already resampled onto the same network grid. Labels are never inputs.
+
+* :class:`GlobalNet` -> (B, 12) affine parameters, exactly zero (identity) at initialisation;
+  :func:`labelreg.transforms.affine_from_params` turns them into an LPS matrix.
+* :class:`LocalNet` -> (B, 3, D, H, W) displacement in mm along the grid axes, summed from
+  every decoder level; output layers are plain convolutions with bias (no normalisation, no
+  activation) initialised with zero mean and a small variance.
+
+Inputs of any size are padded internally to a multiple of ``2**(levels-1)`` and the outputs
+cropped back, so callers never see a "divisible by 16" error.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OUTPUT_INIT_STD = 1e-5
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU, conv-BN, + 1x1 projection of the input, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm3d(out_channels)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm3d(out_channels)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class Encoder(nn.Module):
+    """``levels`` residual blocks with channels base * 2**level, max-pooled between levels."""
+
+    def __init__(self, in_channels: int, base_channels: int, levels: int):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"levels must be >= 1, got {levels}")
+        self.channels = [base_channels * 2**level for level in range(levels)]
+        blocks, previous = [], in_channels
+        for channels in self.channels:
+            blocks.append(ResidualBlock(previous, channels))
+            previous = channels
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x) -> list:
+        features = []
+        for level, block in enumerate(self.blocks):
+            if level:
+                x = F.max_pool3d(x, 2)
+            x = block(x)
+            features.append(x)
+        return features
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int):
+    shape = x.shape[2:]
+    padded = [(-n) % multiple for n in shape]
+    if not any(padded):
+        return x, shape
+    # F.pad takes (W_left, W_right, H_left, H_right, D_left, D_right)
+    pad = []
+    for p in reversed(padded):
+        pad += [0, p]
+    return F.pad(x, pad, mode="replicate"), shape
+
+
+def _check_input(x: torch.Tensor, name: str):
+    if x.dim() != 5 or x.shape[1] != 2:
+        raise ValueError(f"{name} expects (B, 2, D, H, W) fixed+moving images, got {tuple(x.shape)}")
+
+
+class GlobalNet(nn.Module):
+    """Encoder -> global average pooling -> linear layer with 12 outputs, zero-initialised so
+    that the predicted affine is the identity before training."""
+
+    def __init__(self, base_channels: int = 8, levels: int = 4):
+        super().__init__()
+        self.config = {"base_channels": base_channels, "levels": levels}
+        self.encoder = Encoder(2, base_channels, levels)
+        self.head = nn.Linear(self.encoder.channels[-1], 12)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.multiple = 2 ** (levels - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, D, H, W) -> (B, 12) affine parameters (zeros = identity)."""
+        _check_input(x, "GlobalNet")
+        x, _ = _pad_to_multiple(x, self.multiple)
+        features = self.encoder(x)[-1]
+        return self.head(features.mean(dim=(2, 3, 4)))
+
+
+class LocalNet(nn.Module):
+    """U-Net-like encoder-decoder; a displacement is read out at every decoder level, upsampled
+    trilinearly to the input size and summed (the paper's "summed DDF")."""
+
+    def __init__(self, base_channels: int = 16, levels: int = 4):
+        super().__init__()
+        self.config = {"base_channels": base_channels, "levels": levels}
+        self.encoder = Encoder(2, base_channels, levels)
+        channels = self.encoder.channels
+        self.up = nn.ModuleList()
+        self.decode = nn.ModuleList()
+        self.outputs = nn.ModuleList([self._output(channels[-1])])
+        for level in reversed(range(levels - 1)):
+            self.up.append(nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2))
+            self.decode.append(ResidualBlock(2 * channels[level], channels[level]))
+            self.outputs.append(self._output(channels[level]))
+        self.multiple = 2 ** (levels - 1)
+
+    @staticmethod
+    def _output(channels: int) -> nn.Conv3d:
+        conv = nn.Conv3d(channels, 3, 3, padding=1)
+        nn.init.normal_(conv.weight, mean=0.0, std=OUTPUT_INIT_STD)
+        nn.init.normal_(conv.bias, mean=0.0, std=OUTPUT_INIT_STD)
+        return conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, D, H, W) -> (B, 3, D, H, W) displacement in mm along the grid's (i, j, k) axes."""
+        _check_input(x, "LocalNet")
+        x, shape = _pad_to_multiple(x, self.multiple)
+        features = self.encoder(x)
+        y = features[-1]
+        full = x.shape[2:]
+        ddf = F.interpolate(self.outputs[0](y), size=full, mode="trilinear", align_corners=False)
+        for up, decode, output, skip in zip(self.up, self.decode, self.outputs[1:], reversed(features[:-1])):
+            y = decode(torch.cat([up(y), skip], dim=1))
+            level_ddf = output(y)
+            if level_ddf.shape[2:] != full:
+                level_ddf = F.interpolate(level_ddf, size=full, mode="trilinear", align_corners=False)
+            ddf = ddf + level_ddf
+        return ddf[:, :, : shape[0], : shape[1], : shape[2]]
