@@ -158,7 +158,7 @@ def write_labels(path, channels: np.ndarray, grid: Grid) -> Path:
     """Write (C, z, y, x) label channels as a 4-D (x, y, z, C) image like the input labels
     (a single channel is written 4-D too, so the channel count is kept)."""
     channels = np.ascontiguousarray(channels, dtype=np.float32)
-    image = sitk.GetImageFromArray(channels)  # 4-D, axes reversed: (x, y, z, C)
+    image = sitk.GetImageFromArray(channels, isVector=False)  # 4-D, axes reversed: (x, y, z, C)
     direction = np.eye(4)
     direction[:3, :3] = grid.direction_matrix
     image.SetSpacing(grid.spacing + (1.0,))
