@@ -2,8 +2,11 @@
 one clear message per bad input, and atomic writes (a file appears whole or not at all)."""
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,59 @@ def _read_header(path: Path):
         raise LabelRegError(
             f"{path}: size {size} is too large (over {MAX_VOXELS} voxels); crop or downsample it first"
         )
+    _check_nifti_complete(path)
     return reader
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK's NIfTI reader fills a truncated single-file .nii/.nii.gz with zeros without an
+    error: compare the data size in the header with the (uncompressed) file size."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+        expected = _nifti_expected_size(head)
+        if expected is None:
+            return
+        if name.endswith(".gz"):  # the gzip trailer holds the size mod 2**32; count only if it disagrees
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                if struct.unpack("<I", f.read(4))[0] == expected % 2**32:
+                    return
+            actual = 0
+            with gzip.open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    actual += len(chunk)
+        else:
+            actual = path.stat().st_size
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise LabelRegError(f"{path}: the file is damaged or truncated ({exc})") from None
+    if actual < expected:
+        raise LabelRegError(
+            f"{path}: the file is truncated ({actual} of {expected} bytes); copy or export it again"
+        )
+
+
+def _nifti_expected_size(head: bytes):
+    """vox_offset + data bytes from a single-file NIfTI-1/2 header, or None if not applicable."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1:dims[0] + 1]) < 1:
+            return None
+        return int(offset) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
+    return None
 
 
 def _read_pixels(reader, path: Path) -> sitk.Image:

@@ -1,0 +1,134 @@
+"""Inference benchmark (not a test): per-stage times of one MR->TRUS registration.
+
+    python benchmarks/benchmark_inference.py [--data /path/to/mrus] [--case obs000]
+        [--model model.pt] [--runs 10] [--threads 2] [--device cpu]
+
+Uses a real pair from ``--data`` (or $LABELREG_DATA; public layout) if given, else a
+synthetic phantom; the bundled model if installed, else ``--model``, else an untrained model
+(same architecture, so the timings are the same). Prints medians over ``--runs`` runs after
+a warm-up: file I/O, preprocess, network, compose, warp (image + labels), the total per pair
+excluding file I/O, batch throughput, peak memory and model size, and a baseline measured
+in the same run (the same pipeline in affine mode: global net only).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from labelreg import io as lio
+from labelreg.engine import RegistrationEngine
+from labelreg.model import RegistrationModel
+from labelreg.model_io import BUNDLED_MODEL, load_model, save_model
+
+STAGES = ("preprocess", "network", "compose", "warp")
+
+
+def _reader(fixed_path, moving_path, labels_path):
+    def read():
+        start = time.perf_counter()
+        fixed = lio.read_image(fixed_path, "fixed image")
+        moving = lio.read_image(moving_path, "moving image")
+        labels = lio.read_labels(labels_path, moving.grid, "moving labels")
+        return fixed, moving, labels, time.perf_counter() - start
+    return read
+
+
+def load_pair(data, case, tmp):
+    """Returns (fixed, moving, moving_labels, description, read) where ``read()`` reads the
+    pair's files again and returns (..., seconds)."""
+    if data:
+        data = Path(data)
+        name = case or min(p.name for p in (data / "fixed_images").iterdir())
+        read = _reader(*(data / sub / name for sub in ("fixed_images", "moving_images", "moving_labels")))
+        return (*read()[:3], f"{data}/{name}", read)
+    from labelreg.phantom import make_pair, write_pair
+
+    pair = make_pair(seed=0, fixed_size=(47, 63, 44), moving_size=(69, 69, 64))
+    paths = write_pair(pair, tmp, "phantom")  # to time the file I/O on the data set's sizes
+    read = _reader(paths["fixed_images"], paths["moving_images"], paths["moving_labels"])
+    return pair.fixed, pair.moving, pair.moving_labels, "synthetic phantom (data set sizes)", read
+
+
+def get_model(path):
+    """(model, description, file size in bytes)."""
+    if path or BUNDLED_MODEL.exists():
+        path = Path(path) if path else BUNDLED_MODEL
+        model, _ = load_model(path)
+        return model, str(path), path.stat().st_size
+    torch.manual_seed(0)
+    model = RegistrationModel()
+    with tempfile.TemporaryDirectory() as tmp:
+        size = save_model(Path(tmp) / "untrained.pt", model).stat().st_size
+    return model, "untrained (no bundled model yet; same architecture)", size
+
+
+def median_times(engine, pairs, mode, runs, warmup=2):
+    """Median wall time of register_batch and the median of each engine stage."""
+    for _ in range(warmup):
+        engine.register_batch(pairs, mode=mode)
+    walls, stages = [], {s: [] for s in STAGES}
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = engine.register_batch(pairs, mode=mode)[0]
+        walls.append(time.perf_counter() - start)
+        for stage in STAGES:
+            stages[stage].append(result.timings.get(stage, 0.0))
+    return statistics.median(walls), {s: statistics.median(v) for s, v in stages.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("LABELREG_DATA"), help="data folder in the public layout")
+    parser.add_argument("--case", help="file name of the pair (default: the first)")
+    parser.add_argument("--model", help="model file (default: bundled, else untrained)")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, moving, labels, description, read = load_pair(args.data, args.case, tmp)
+        io_times = [read()[3] for _ in range(max(3, args.runs // 2))]
+    model, model_name, model_bytes = get_model(args.model)
+    engine = RegistrationEngine(model, device=args.device, threads=args.threads)
+    net_grid = model.network_grid(fixed.grid)
+    one = [(fixed, moving, labels)]
+    total, stages = median_times(engine, one, "deformable", args.runs)
+    affine_total, affine_stages = median_times(engine, one, "affine", args.runs)
+    batch4, _ = median_times(engine, one * 4, "deformable", max(3, args.runs // 2), warmup=1)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    print(f"pair:    {description}; fixed {fixed.grid.size}, moving {moving.grid.size}, "
+          f"{labels.channels.shape[0]} label channels; network grid {net_grid.size}")
+    print(f"model:   {model_name}, {model_bytes / 1e6:.2f} MB, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"device {engine.device}, {torch.get_num_threads()} threads (load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs); median of {args.runs} runs\n")
+    rows = [("load (file I/O)", statistics.median(io_times), None)]
+    rows += [(f"{s}" + (" (image+labels)" if s == "warp" else ""), stages[s], affine_stages[s]) for s in STAGES]
+    rows += [("total per pair (no I/O)", total, affine_total)]
+    print(f"{'stage':28s}{'deformable':>12s}{'affine (baseline)':>20s}")
+    for name, value, base in rows:
+        base_text = "" if base is None else f"{base * 1000:15.1f} ms"
+        print(f"{name:28s}{value * 1000:9.1f} ms{base_text:>20s}")
+    print(f"{'deformable / affine':28s}{total / affine_total:10.2f} x")
+    print(f"{'throughput, batch 1':28s}{1 / total:9.2f} pairs/s")
+    print(f"{'throughput, batch 4':28s}{4 / batch4:9.2f} pairs/s")
+    print(f"{'peak RSS':28s}{peak_mb:9.0f} MB")
+    if engine.device.type == "cuda":
+        print(f"{'peak GPU memory':28s}{torch.cuda.max_memory_allocated() / 2**20:9.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
