@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class RegistrationResult:
     affine_lps: np.ndarray
     ddf_lps: np.ndarray
     warped_moving: np.ndarray
-    warped_labels: Optional[np.ndarray]
+    warped_labels: np.ndarray | None
     fixed_grid: Grid
     mode: str
     device: str

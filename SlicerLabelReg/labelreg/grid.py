@@ -85,7 +85,7 @@ class Grid:
         """Physical length covered by the voxels along (i, j, k)."""
         return np.asarray(self.size, dtype=np.float64) * np.asarray(self.spacing)
 
-    def same_as(self, other: "Grid", tol: float = 1e-3) -> bool:
+    def same_as(self, other: Grid, tol: float = 1e-3) -> bool:
         return (
             self.size == other.size
             and np.allclose(self.spacing, other.spacing, atol=tol)
@@ -95,7 +95,7 @@ class Grid:
 
     # ------------------------------------------------------------ conversions
     @classmethod
-    def from_sitk(cls, image) -> "Grid":
+    def from_sitk(cls, image) -> Grid:
         """Geometry of a SimpleITK image (a 4-D image gives its first three axes)."""
         dim = image.GetDimension()
         direction = np.asarray(image.GetDirection()).reshape(dim, dim)[:3, :3]
@@ -115,7 +115,7 @@ class Grid:
         m = torch.as_tensor(self.index_to_lps, dtype=torch.float64, device=device)
         return (ijk @ m[:3, :3].T + m[:3, 3]).to(dtype)
 
-    def resampled(self, spacing_mm: float, multiple: int = 1) -> "Grid":
+    def resampled(self, spacing_mm: float, multiple: int = 1) -> Grid:
         """A grid with the same centre and direction, isotropic ``spacing_mm``, covering this
         grid's extent, with each size rounded up to a multiple of ``multiple``.
 

@@ -170,7 +170,7 @@ def read_labels(path, reference: Grid, role: str = "labels") -> Volume:
 
 
 # ------------------------------------------------------------------ writing
-def atomic_path(path) -> "AtomicFile":
+def atomic_path(path) -> AtomicFile:
     return AtomicFile(path)
 
 
@@ -190,6 +190,9 @@ class AtomicFile:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
             os.replace(self.tmp, self.path)
         elif os.path.exists(self.tmp):
             os.remove(self.tmp)

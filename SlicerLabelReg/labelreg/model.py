@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .grid import Grid
 from .networks import GlobalNet, LocalNet
@@ -34,7 +34,7 @@ class ModelConfig:
     grid_spacing_mm: float = 3.0
     initial_alignment: str = "centers"
     intensity_percentiles: tuple = (1.0, 99.0)
-    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4})
+    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3]})
     local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4})
     format_version: int = FORMAT_VERSION
 
@@ -49,7 +49,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

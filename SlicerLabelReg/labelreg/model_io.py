@@ -77,7 +77,7 @@ def load_model(path=None, map_location="cpu") -> tuple[RegistrationModel, dict]:
         )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged files
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
         raise LabelRegError(f"{path}: not a readable LabelReg model file ({type(exc).__name__}: {exc})") from None
     if not isinstance(checkpoint, dict) or {"config", "state_dict"} - checkpoint.keys():
         raise LabelRegError(f"{path}: not a LabelReg model file (needs 'config' and 'state_dict')")

@@ -16,8 +16,8 @@ cropped back, so callers never see a "divisible by 16" error.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 OUTPUT_INIT_STD = 1e-5
 
@@ -80,14 +80,16 @@ def _check_input(x: torch.Tensor, name: str):
 
 
 class GlobalNet(nn.Module):
-    """Encoder -> global average pooling -> linear layer with 12 outputs, zero-initialised so
-    that the predicted affine is the identity before training."""
+    """Encoder -> adaptive average pooling to a small ``pooled_size`` (z, y, x) grid, which keeps
+    the coarse spatial layout an affine needs -> linear layer with 12 outputs, zero-initialised
+    so that the predicted affine is the identity before training."""
 
-    def __init__(self, base_channels: int = 8, levels: int = 4):
+    def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3)):
         super().__init__()
-        self.config = {"base_channels": base_channels, "levels": levels}
+        self.config = {"base_channels": base_channels, "levels": levels, "pooled_size": list(pooled_size)}
         self.encoder = Encoder(2, base_channels, levels)
-        self.head = nn.Linear(self.encoder.channels[-1], 12)
+        self.pooled_size = tuple(int(n) for n in pooled_size)
+        self.head = nn.Linear(self.encoder.channels[-1] * int(torch.tensor(self.pooled_size).prod()), 12)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.multiple = 2 ** (levels - 1)
@@ -96,8 +98,8 @@ class GlobalNet(nn.Module):
         """(B, 2, D, H, W) -> (B, 12) affine parameters (zeros = identity)."""
         _check_input(x, "GlobalNet")
         x, _ = _pad_to_multiple(x, self.multiple)
-        features = self.encoder(x)[-1]
-        return self.head(features.mean(dim=(2, 3, 4)))
+        features = F.adaptive_avg_pool3d(self.encoder(x)[-1], self.pooled_size)
+        return self.head(features.flatten(1))
 
 
 class LocalNet(nn.Module):

@@ -1,0 +1,160 @@
+"""``labelreg-train`` (also ``labelreg train``): fit, evaluate, export, baseline, plot.
+
+Examples::
+
+    labelreg-train fit --data ../shared/data/mrus --out runs/fold0/global --stage global --steps 3000
+    labelreg-train fit --data ../shared/data/mrus --out runs/fold0/local --stage local --steps 6000 \\
+        --init-from runs/fold0/global/checkpoint.pt
+    labelreg-train evaluate --data ../shared/data/mrus --checkpoint runs/fold0/local/checkpoint.pt --fold 0
+    labelreg-train export --checkpoint runs/fold0/local/checkpoint.pt --metrics runs/fold0/local/eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from labelreg.errors import LabelRegError
+
+
+def _add_fit(sub):
+    from .train import TrainConfig
+    p = sub.add_parser("fit", help="train one stage (resumable)")
+    p.add_argument("--data", help="data folder (public layout); default $LABELREG_DATA")
+    p.add_argument("--cache-dir", default="cache", help="where preprocessed tensors are cached")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--config", help="JSON file with TrainConfig fields (command-line flags win)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        value = getattr(defaults, f.name)
+        if isinstance(value, (dict, tuple)):
+            continue
+        flag = "--" + ("out" if f.name == "out_dir" else f.name.replace("_", "-"))
+        p.add_argument(flag, dest=f.name, type=type(value), default=None, help=f"default {value!r}")
+    p.add_argument("--grid-spacing-mm", type=float, help="network grid spacing (model)")
+    p.add_argument("--local-channels", type=int, help="local net base channels (model)")
+    p.add_argument("--global-channels", type=int, help="global net base channels (model)")
+
+
+def _fit(args) -> int:
+    from .data import load_dataset
+    from .evaluate import validation_callback
+    from .train import STAGES, TrainConfig, train
+
+    values = json.loads(Path(args.config).read_text()) if args.config else {}
+    if args.resume and not args.config:
+        saved = Path(args.out_dir or TrainConfig.out_dir) / "config.json"
+        if saved.exists():
+            values = {k: v for k, v in json.loads(saved.read_text()).items() if k in TrainConfig.__dataclass_fields__}
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None})
+    cfg = TrainConfig(**values)
+    for flag, key, sub in (("grid_spacing_mm", "grid_spacing_mm", None), ("local_channels", "local_net", "base_channels"),
+                           ("global_channels", "global_net", "base_channels")):
+        value = getattr(args, flag)
+        if value is not None:
+            if sub:
+                cfg.model[key] = dict(cfg.model[key], **{sub: value})
+            else:
+                cfg.model[key] = value
+    data = load_dataset(args.data, args.cache_dir, cfg.model.get("intensity_percentiles", (1.0, 99.0)))
+    evaluate_fn = validation_callback(data.data_dir, STAGES[cfg.stage], cfg.device if cfg.device != "auto" else "cpu")
+    path = train(cfg, data, resume=args.resume, evaluate_fn=evaluate_fn)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import torch
+    from labelreg.metrics import format_metrics
+    from labelreg.model import ModelConfig, RegistrationModel
+
+    from .data import case_names, kfold_by_subject, read_subjects, resolve_data_dir
+    from .evaluate import evaluate_model, load_pairs
+
+    data_dir = resolve_data_dir(args.data)
+    names = case_names(data_dir)
+    if args.folds > 1:
+        _, names = kfold_by_subject(read_subjects(data_dir, names), args.folds, args.fold, args.seed)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    else:
+        model = RegistrationModel()  # untrained: the initial alignment only
+    torch.set_num_threads(args.threads)
+    rows, summary = evaluate_model(model, load_pairs(data_dir, names), args.mode, args.device)
+    for r in rows:
+        print(f"{r['case']}: {format_metrics(r)}")
+    print(f"{args.mode} on {len(rows)} cases: {format_metrics(summary)}, {summary['seconds_per_pair']:.3f} s/pair")
+    if args.json:
+        out = {"mode": args.mode, "fold": args.fold, "folds": args.folds, "checkpoint": args.checkpoint,
+               "summary": summary, "rows": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_model
+    path = export_model(args.checkpoint, args.out, [Path(m) for m in args.metrics], args.data, sys.argv)
+    print(f"exported {path}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plots import plot_log
+    print(f"wrote {plot_log(args.log, args.out)}")
+    return 0
+
+
+def _baseline(args) -> int:
+    from .baseline import run_baseline
+    return run_baseline(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelreg-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_fit(sub)
+    for name, help_text in (("evaluate", "evaluate a checkpoint on a validation fold"),
+                            ("baseline", "classical SimpleITK baseline on a validation fold")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--data")
+        p.add_argument("--checkpoint", help="training checkpoint (evaluate); none = initial alignment only")
+        p.add_argument("--mode", default="deformable", choices=["affine", "deformable", "local"])
+        p.add_argument("--folds", type=int, default=5)
+        p.add_argument("--fold", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--json", help="write rows and summary here")
+        p.add_argument("--limit", type=int, default=0, help="baseline: only the first N cases")
+    p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
+    p.add_argument("--data", help="data folder, recorded with its fingerprint")
+    p.add_argument("--out", default=None, help="default: the bundled model path")
+    p = sub.add_parser("plot", help="loss and metric curves of a run as PNG")
+    p.add_argument("log", help="a run's log.csv")
+    p.add_argument("--out", help="PNG path (default beside the log)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"fit": _fit, "evaluate": _evaluate, "export": _export, "plot": _plot, "baseline": _baseline}[args.command](args)
+    except LabelRegError as exc:
+        print(f"labelreg-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labelreg-train: interrupted (the last checkpoint is kept; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,152 @@
+"""Training data: a folder in the public layout, validated up front, cached as tensors, and
+split by subject.
+
+Layout: ``fixed_images/``, ``moving_images/``, ``fixed_labels/``, ``moving_labels/`` with the
+same file names, and optionally ``subjects.csv`` (``case,subject``). Without it every case
+is its own subject.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from labelreg.errors import LabelRegError
+from labelreg.grid import Grid
+from labelreg.io import AtomicFile, read_image, read_labels
+from labelreg.model import normalize_intensity
+
+FOLDERS = ("fixed_images", "moving_images", "fixed_labels", "moving_labels")
+CACHE_VERSION = 1
+
+
+def resolve_data_dir(path=None) -> Path:
+    path = path or os.environ.get("LABELREG_DATA")
+    if not path:
+        raise LabelRegError("no data folder: pass --data DIR or set LABELREG_DATA")
+    path = Path(path)
+    missing = [f for f in FOLDERS if not (path / f).is_dir()]
+    if missing:
+        raise LabelRegError(f"{path}: not a data folder in the public layout (missing {', '.join(missing)}/)")
+    return path
+
+
+def case_names(data_dir: Path) -> list:
+    names = sorted(p.name[: -len(".nii.gz")] for p in (data_dir / "fixed_images").glob("*.nii.gz"))
+    if not names:
+        raise LabelRegError(f"{data_dir}/fixed_images: no .nii.gz files")
+    for folder in FOLDERS[1:]:
+        absent = [n for n in names if not (data_dir / folder / f"{n}.nii.gz").exists()]
+        if absent:
+            raise LabelRegError(f"{data_dir}/{folder}: missing {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+    return names
+
+
+def read_subjects(data_dir: Path, names: list) -> dict:
+    """case -> subject id (every case its own subject when subjects.csv is absent)."""
+    path = data_dir / "subjects.csv"
+    if not path.exists():
+        return {n: n for n in names}
+    with open(path, newline="") as f:
+        mapping = {row["case"]: row["subject"] for row in csv.DictReader(f)}
+    unknown = [n for n in names if n not in mapping]
+    if unknown:
+        raise LabelRegError(f"{path}: no subject for cases {unknown[:5]}")
+    return {n: mapping[n] for n in names}
+
+
+def kfold_by_subject(subjects: dict, folds: int, fold: int, seed: int = 0) -> tuple:
+    """(train_cases, val_cases): subjects shuffled with ``seed`` and dealt into ``folds`` groups;
+    group ``fold`` is validation. No subject is ever on both sides."""
+    if not 0 <= fold < folds:
+        raise LabelRegError(f"fold must be in [0, {folds}), got {fold}")
+    ids = sorted(set(subjects.values()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(ids)
+    val_subjects = set(ids[fold::folds])
+    train = [c for c, s in subjects.items() if s not in val_subjects]
+    val = [c for c, s in subjects.items() if s in val_subjects]
+    return sorted(train), sorted(val)
+
+
+@dataclass
+class Case:
+    name: str
+    fixed: torch.Tensor  # (1, nz, ny, nx) float16, normalised
+    moving: torch.Tensor  # (1, mz, my, mx) float16, normalised
+    fixed_labels: torch.Tensor  # (C, nz, ny, nx) uint8
+    moving_labels: torch.Tensor  # (C, mz, my, mx) uint8
+
+
+@dataclass
+class Dataset:
+    cases: dict  # name -> Case
+    fixed_grid: Grid
+    moving_grid: Grid
+    subjects: dict
+    data_dir: str
+    fingerprint: str
+
+    def subset(self, names) -> list:
+        return [self.cases[n] for n in names]
+
+
+def _fingerprint(data_dir: Path, names: list) -> str:
+    digest = hashlib.sha256()
+    for n in names:
+        for folder in FOLDERS:
+            st = (data_dir / folder / f"{n}.nii.gz").stat()
+            digest.update(f"{folder}/{n}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_dataset(data_dir=None, cache_dir=None, percentiles=(1.0, 99.0), log=print) -> Dataset:
+    """Validate every file, then load (from the cache when it is current)."""
+    data_dir = resolve_data_dir(data_dir)
+    names = case_names(data_dir)
+    subjects = read_subjects(data_dir, names)
+    fingerprint = _fingerprint(data_dir, names) + f"-p{percentiles[0]:g}-{percentiles[1]:g}-v{CACHE_VERSION}"
+    cache = Path(cache_dir) / f"cache-{fingerprint}.pt" if cache_dir else None
+    if cache is not None and cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        cases = {n: Case(n, *blob["cases"][n]) for n in names}
+        grids = [Grid(**g) for g in blob["grids"]]
+        return Dataset(cases, grids[0], grids[1], subjects, str(data_dir), fingerprint)
+
+    cases, fixed_grid, moving_grid = {}, None, None
+    for n in names:
+        f = read_image(data_dir / "fixed_images" / f"{n}.nii.gz", "fixed image")
+        m = read_image(data_dir / "moving_images" / f"{n}.nii.gz", "moving image")
+        fl = read_labels(data_dir / "fixed_labels" / f"{n}.nii.gz", f.grid, "fixed labels")
+        ml = read_labels(data_dir / "moving_labels" / f"{n}.nii.gz", m.grid, "moving labels")
+        if fl.channels.shape[0] != ml.channels.shape[0]:
+            raise LabelRegError(f"{n}: {fl.channels.shape[0]} fixed label channels but {ml.channels.shape[0]} moving ones")
+        fixed_grid = fixed_grid or f.grid
+        moving_grid = moving_grid or m.grid
+        for role, grid, ref in (("fixed", f.grid, fixed_grid), ("moving", m.grid, moving_grid)):
+            if not grid.same_as(ref):
+                raise LabelRegError(
+                    f"{n}: {role} image grid ({grid.describe()}) differs from the first case's ({ref.describe()}); "
+                    "training needs one grid per role: resample the images first"
+                )
+        cases[n] = Case(
+            n,
+            torch.from_numpy(normalize_intensity(f.array, percentiles)[None]).half(),
+            torch.from_numpy(normalize_intensity(m.array, percentiles)[None]).half(),
+            torch.from_numpy(fl.channels > 0.5).to(torch.uint8),
+            torch.from_numpy(ml.channels > 0.5).to(torch.uint8),
+        )
+    log(f"validated {len(names)} cases in {data_dir}")
+    if cache is not None:
+        blob = {
+            "cases": {n: [c.fixed, c.moving, c.fixed_labels, c.moving_labels] for n, c in cases.items()},
+            "grids": [{"size": g.size, "spacing": g.spacing, "origin": g.origin, "direction": g.direction}
+                      for g in (fixed_grid, moving_grid)],
+        }
+        with AtomicFile(cache) as tmp:
+            torch.save(blob, tmp)
+    return Dataset(cases, fixed_grid, moving_grid, subjects, str(data_dir), fingerprint)

@@ -1,0 +1,56 @@
+"""Export a training checkpoint as a model file + metadata sidecar (by default into the Slicer
+module's ``Resources/Models``), recording provenance and measured metrics."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from labelreg.model import ModelConfig, RegistrationModel
+from labelreg.model_io import BUNDLED_MODEL, save_model
+
+from .data import case_names, resolve_data_dir
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=()) -> Path:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    run_dir = Path(checkpoint).parent
+    train_config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    metadata = {
+        "name": "LabelReg MR-TRUS prostate",
+        "method": "Hu et al. 2018, label-driven weakly-supervised registration (arXiv 1711.01666)",
+        "inputs": {"fixed": "3-D transrectal ultrasound (TRUS)", "moving": "3-D T2-weighted MR"},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "checkpoint_step": int(state.get("step", 0)),
+        "stage": state.get("stage"),
+        "training": {k: train_config.get(k) for k in
+                     ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "dice_weight", "ce_weight",
+                      "bending_weight", "smoothing_mm", "init_from", "augment")},
+        "split": {"train_cases": train_config.get("train_cases"), "val_cases": train_config.get("val_cases")},
+        "metrics": [json.loads(Path(m).read_text()).get("summary") | {"mode": json.loads(Path(m).read_text()).get("mode")}
+                    for m in metrics_files],
+        "command_line": " ".join(argv),
+    }
+    if data_dir:
+        path = resolve_data_dir(data_dir)
+        metadata["data"] = {
+            "source": "YipengHu/example-data branch mrus, commit fffae7ba72e730eaf8f9ad8ee4a1b3f690226c0d",
+            "cases": len(case_names(path)),
+        }
+    return save_model(Path(out) if out else BUNDLED_MODEL, model, metadata)

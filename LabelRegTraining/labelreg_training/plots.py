@@ -1,0 +1,41 @@
+"""Loss and validation curves of a run's ``log.csv`` as one PNG (matplotlib, training only)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def plot_log(log_csv, out=None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = Path(out) if out else Path(log_csv).with_suffix(".png")
+
+    def series(key):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key in ("loss", "dice_loss", "ce"):
+        axes[0].plot(*series(key), label=key)
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    axes[1].plot(*series("val_tre_median_mm"), "o-", label="median")
+    axes[1].plot(*series("val_tre_p90_mm"), "s--", label="p90")
+    axes[1].set_title("validation landmark TRE (mm)")
+    axes[1].legend()
+    axes[2].plot(*series("val_dice_median"), "o-", label="median")
+    axes[2].plot(*series("val_dice_p10"), "s--", label="p10")
+    axes[2].set_title("validation gland Dice")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -1,0 +1,270 @@
+"""Training loop: one stage (global, local, joint or local-only) of the label-driven method.
+
+Resumable bit-for-bit: every step draws its cases, label channels and augmentation from a
+generator seeded by (seed, stage, step, rank), and the checkpoint (model, optimiser, step)
+is written atomically every few minutes. Runs on CPU, one GPU, or several processes with
+``torchrun`` (DDP; gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from labelreg.io import AtomicFile
+from labelreg.model import ModelConfig, RegistrationModel
+from labelreg.transforms import initial_transform, transform_points
+from labelreg.warp import sample
+from torch import nn
+
+from . import augment, losses
+from .data import Dataset, kfold_by_subject
+
+STAGES = {"global": "affine", "local": "deformable", "joint": "deformable", "local_only": "local"}
+
+
+@dataclass
+class TrainConfig:
+    """One training stage. Saved beside every checkpoint as config.json."""
+
+    out_dir: str = "runs/fold0"
+    stage: str = "global"
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 3e-4
+    lr_final: float = 3e-5
+    folds: int = 5
+    fold: int = 0
+    seed: int = 0
+    dice_weight: float = 1.0
+    ce_weight: float = 0.2
+    bending_weight: float = 5.0
+    smoothing_mm: float = 3.0
+    dice_scales_mm: tuple = (0.0, 1.5, 3.0, 6.0, 12.0)
+    gland_draw_weight: float = 2.0
+    #: the affine head sees thousands of pooled features: a smaller step keeps the affine stable
+    head_lr_scale: float = 0.03
+    init_from: str = ""
+    checkpoint_minutes: float = 3.0
+    log_every: int = 10
+    val_every: int = 250
+    threads: int = 2
+    device: str = "auto"
+    augment: dict = field(default_factory=lambda: asdict(augment.AugmentConfig()))
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {tuple(STAGES)}, got {self.stage!r}")
+        self.dice_scales_mm = tuple(self.dice_scales_mm)
+
+
+class LossModule(nn.Module):
+    """Wraps the model so that DDP sees one forward: batch -> (loss, terms)."""
+
+    def __init__(self, model: RegistrationModel, cfg: TrainConfig, data: Dataset):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.fixed_grid, self.moving_grid = data.fixed_grid, data.moving_grid
+        self.aug = augment.AugmentConfig(**cfg.augment)
+        self.initial = torch.as_tensor(
+            initial_transform(data.fixed_grid, data.moving_grid, model.config.initial_alignment), dtype=torch.float32)
+
+    def forward(self, fixed, moving, fixed_label, moving_label, gen: torch.Generator):
+        cfg, aug, model = self.cfg, self.aug, self.model
+        b, dev = fixed.shape[0], fixed.device
+        net_grid = model.network_grid(self.fixed_grid)
+        points = net_grid.points_lps(device=dev)
+        r_fixed = augment.random_affine(b, self.fixed_grid.center_lps, aug, gen).to(dev)
+        r_moving = augment.random_affine(b, self.moving_grid.center_lps, aug, gen).to(dev)
+        fixed_points = transform_points(r_fixed, points) + augment.smooth_displacement(
+            b, net_grid.shape_zyx, aug, gen).to(dev)
+        fixed = augment.intensity(fixed.cpu(), aug, gen).to(dev)
+        moving = augment.intensity(moving.cpu(), aug, gen).to(dev)
+        initial = r_moving @ self.initial.to(dev)
+        affine, ddf, net_grid, _ = model.forward_pair(
+            fixed, self.fixed_grid, moving, self.moving_grid, initial, STAGES[cfg.stage],
+            fixed_points_lps=fixed_points, train_global=cfg.stage != "local")
+        warped = sample(moving_label, self.moving_grid, transform_points(affine, points, ddf)).clamp(0, 1)
+        target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
+        spacing = net_grid.spacing
+        dice = losses.multiscale_dice(warped, target, spacing, cfg.dice_scales_mm)
+        ce = losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing))
+        bending = losses.bending_energy(ddf, spacing) if ddf is not None else torch.zeros((), device=dev)
+        loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
+        return loss, torch.stack([dice.detach(), ce.detach(), bending.detach()])
+
+
+def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
+    """Cases uniformly; one label per case, the gland drawn ``gland_draw_weight`` times as
+    often as each landmark."""
+    idx = torch.randint(len(cases), (cfg.batch_size,), generator=gen).tolist()
+    chosen = [cases[i] for i in idx]
+    channels = []
+    for c in chosen:
+        weights = torch.ones(c.fixed_labels.shape[0], dtype=torch.float64)
+        weights[0] = cfg.gland_draw_weight
+        channels.append(int(torch.multinomial(weights, 1, generator=gen)))
+
+    def stack(tensors):
+        return torch.stack(tensors).float().to(device)
+
+    return (stack([c.fixed for c in chosen]), stack([c.moving for c in chosen]),
+            stack([c.fixed_labels[ch:ch + 1] for c, ch in zip(chosen, channels)]),
+            stack([c.moving_labels[ch:ch + 1] for c, ch in zip(chosen, channels)]))
+
+
+def set_trainable(model: RegistrationModel, stage: str):
+    train_global = stage in ("global", "joint")
+    train_local = stage in ("local", "joint", "local_only")
+    for p in model.global_net.parameters():
+        p.requires_grad_(train_global)
+    for p in model.local_net.parameters():
+        p.requires_grad_(train_local)
+    model.train()
+    if not train_global:
+        model.global_net.eval()  # frozen: batch-norm keeps its running statistics
+    if not train_local:
+        model.local_net.eval()
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Short warm-up, then cosine decay from lr to lr_final."""
+    import math
+    warm = min(1.0, (step + 1) / 50)
+    t = min(1.0, step / max(1, cfg.steps))
+    return warm * (cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t)))
+
+
+def _atomic_torch_save(obj, path: Path):
+    with AtomicFile(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _distributed() -> tuple:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, evaluate_fn=None,
+          stop_after: int | None = None) -> Path:
+    """Run (or continue) one stage; returns the checkpoint path. ``stop_after`` ends this run
+    early after that many steps (a time-boxed session); ``--resume`` continues it exactly."""
+    rank, world = _distributed()
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    out = Path(cfg.out_dir)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    train_cases, val_cases = kfold_by_subject(data.subjects, cfg.folds, cfg.fold, cfg.seed) if cfg.folds > 1 \
+        else (sorted(data.cases), [])
+    cases = data.subset(train_cases)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
+    model = RegistrationModel(ModelConfig.from_dict(cfg.model))
+    if cfg.init_from:
+        state = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state.get("state_dict")))
+    model.to(device)
+    set_trainable(model, cfg.stage)
+    head = [p for p in model.global_net.head.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("global_net.head.")]
+    optimizer = torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": head, "lr_scale": cfg.head_lr_scale}],
+                                 lr=cfg.lr)
+    step = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log(f"resumed {ckpt_path} at step {step}")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        with AtomicFile(out / "config.json") as tmp:
+            Path(tmp).write_text(json.dumps(asdict(cfg) | {"train_cases": train_cases, "val_cases": val_cases}, indent=2))
+    set_trainable(model, cfg.stage)
+    module = LossModule(model, cfg, data)
+    runner = nn.parallel.DistributedDataParallel(module) if world > 1 else module
+    _truncate_log(log_path, step)
+
+    def save():
+        if rank == 0:
+            _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                "stage": cfg.stage, "model_config": model.config.to_dict()}, ckpt_path)
+
+    stage_index = list(STAGES).index(cfg.stage)
+    last_save, start, running = time.monotonic(), time.monotonic(), torch.zeros(4)
+    progress = _progress(cfg.steps, step) if rank == 0 else None
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    while step < end:
+        gen = torch.Generator().manual_seed(((cfg.seed * 10 + stage_index) * 1_000_003 + step) * 64 + rank)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
+        batch = draw_batch(cases, cfg, gen, device)
+        loss, terms = runner(*batch, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running += torch.cat([loss.detach().cpu()[None], terms.cpu()])
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            n = (step - 1) % cfg.log_every + 1
+            row = {"step": step, "loss": running[0].item() / n, "dice_loss": running[1].item() / n,
+                   "ce": running[2].item() / n, "bending": running[3].item() / n,
+                   "lr": learning_rate(cfg, step - 1), "seconds": round(time.monotonic() - start, 1)}
+            if evaluate_fn is not None and val_cases and (step % cfg.val_every == 0 or step == cfg.steps):
+                row.update(evaluate_fn(model, val_cases))
+                set_trainable(model, cfg.stage)
+            _append_log(log_path, row)
+            running.zero_()
+        if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
+            save()
+            last_save = time.monotonic()
+    save()
+    if progress is not None:
+        progress.close()
+    return ckpt_path
+
+
+LOG_FIELDS = ["step", "loss", "dice_loss", "ce", "bending", "lr", "seconds",
+              "val_tre_median_mm", "val_tre_p90_mm", "val_dice_median", "val_dice_p10"]
+
+
+def _append_log(path: Path, row: dict):
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _truncate_log(path: Path, step: int):
+    """Drop log rows written after the checkpoint being resumed (or all, on a fresh start)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with AtomicFile(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=5)

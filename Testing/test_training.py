@@ -1,0 +1,202 @@
+"""Training: loss terms on known cases, sampling, subject split, smoke training, exact resume,
+DDP with two gloo processes, export."""
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from labelreg.model_io import load_model
+from labelreg.phantom import make_pair, write_pair
+from labelreg_training import losses
+from labelreg_training.data import kfold_by_subject, load_dataset
+from labelreg_training.train import TrainConfig, draw_batch, train
+
+SPACING = (0.8, 1.3, 2.1)
+NO_AUGMENT = {"rotation_deg": 0.0, "scale": 0.0, "translation_mm": 0.0, "deformation_mm": 0.0,
+              "deformation_points": 4, "gamma": 0.0, "noise": 0.0}
+SMALL_MODEL = {"grid_spacing_mm": 4.0, "initial_alignment": "centers", "intensity_percentiles": [1.0, 99.0],
+               "global_net": {"base_channels": 4, "levels": 3, "pooled_size": [2, 2, 2]},
+               "local_net": {"base_channels": 4, "levels": 3}}
+
+
+def cube(shape=(20, 24, 28), lo=(6, 8, 10), size=6):
+    x = torch.zeros(1, 1, *shape)
+    x[..., lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = 1
+    return x
+
+
+# ----------------------------------------------------------------- loss terms
+def test_identical_labels_give_minimal_label_losses():
+    a, shifted = cube(), cube(lo=(8, 10, 12))
+    assert losses.multiscale_dice(a, a, SPACING).item() == pytest.approx(0, abs=1e-5)
+    assert losses.multiscale_dice(shifted, a, SPACING).item() > 0.2
+    target = losses.smooth_label(a, 3.0, SPACING)
+    assert losses.weighted_cross_entropy(a * 0.98 + 0.01, target) < losses.weighted_cross_entropy(
+        shifted * 0.98 + 0.01, target)
+
+
+def test_label_smoothing_keeps_foreground_and_softens_background():
+    a = cube()
+    s = losses.smooth_label(a, 3.0, SPACING)
+    assert torch.all(s[a == 1] == 1)
+    background = s[a == 0]
+    assert 0 < background.max() < 1 and background.min() >= 0
+
+
+def test_cross_entropy_weighs_small_and_large_labels_alike():
+    small, large = cube(size=2), cube(size=10)
+    miss_small = losses.weighted_cross_entropy(torch.full_like(small, 0.01), small)
+    miss_large = losses.weighted_cross_entropy(torch.full_like(large, 0.01), large)
+    assert miss_small.item() == pytest.approx(miss_large.item(), rel=1e-3)
+
+
+def _field(fn, shape=(12, 14, 16), spacing=SPACING):
+    k, j, i = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
+    x = torch.stack([i * spacing[0], j * spacing[1], k * spacing[2]], -1)
+    return fn(x)[None]
+
+
+def test_bending_energy_is_zero_for_affine_and_positive_for_a_bump():
+    matrix = torch.tensor([[0.1, 0.05, 0.0], [0.0, -0.08, 0.02], [0.03, 0.0, 0.12]], dtype=torch.float64)
+    affine = _field(lambda x: x @ matrix.T + torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    assert losses.bending_energy(affine, SPACING).item() == pytest.approx(0, abs=1e-12)
+    centre = torch.tensor([6.0, 9.0, 12.0], dtype=torch.float64)
+    bump = _field(lambda x: 2.0 * torch.exp(-((x - centre) ** 2).sum(-1, keepdim=True) / 50) * torch.ones(3))
+    assert losses.bending_energy(bump, SPACING).item() > 1e-4
+
+
+def test_bending_energy_uses_millimetres():
+    """u = x^2 / 2 along one axis has d2u/dx2 = 1 per mm whatever the spacing."""
+    for spacing in (SPACING, (1.5, 1.5, 1.5)):
+        field = _field(lambda x: torch.stack([x[..., 0] ** 2 / 2, 0 * x[..., 0], 0 * x[..., 0]], -1), spacing=spacing)
+        assert losses.bending_energy(field, spacing).item() == pytest.approx(1.0, rel=1e-6)
+
+
+# ------------------------------------------------------------ data and sampling
+def test_kfold_split_never_shares_a_subject():
+    subjects = {f"c{i:02d}": f"s{i // 2}" for i in range(20)}
+    seen = []
+    for fold in range(4):
+        train_cases, val_cases = kfold_by_subject(subjects, 4, fold)
+        assert not {subjects[c] for c in train_cases} & {subjects[c] for c in val_cases}
+        assert sorted(train_cases + val_cases) == sorted(subjects)
+        seen += val_cases
+    assert sorted(seen) == sorted(subjects)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantoms")
+    for seed in range(4):
+        write_pair(make_pair(seed, fixed_size=(24, 28, 22), moving_size=(28, 28, 26), spacing=(2.5, 2.5, 2.5),
+                             n_landmarks=2), folder, f"case{seed:03d}")
+    (folder / "subjects.csv").write_text("case,subject\ncase000,a\ncase001,a\ncase002,b\ncase003,c\n")
+    return load_dataset(folder, tmp_path_factory.mktemp("cache"), log=lambda *_: None)
+
+
+def test_gland_is_drawn_twice_as_often_as_each_landmark(dataset):
+    cfg = TrainConfig(batch_size=1)
+    case = [dataset.cases["case000"]]  # 3 channels: gland + 2 landmarks
+    gen = torch.Generator().manual_seed(0)
+    counts = np.zeros(3)
+    for _ in range(1200):
+        _, _, fixed_label, _ = draw_batch(case, cfg, gen, "cpu")
+        counts[[int(torch.equal(fixed_label[0, 0], case[0].fixed_labels[c].float())) for c in range(3)].index(1)] += 1
+    assert counts[0] / counts[1:].mean() == pytest.approx(2.0, rel=0.15)
+
+
+def test_cache_is_reused(dataset, tmp_path):
+    again = load_dataset(dataset.data_dir, tmp_path, log=lambda *_: None)
+    cached = load_dataset(dataset.data_dir, tmp_path, log=lambda *_: None)
+    assert again.fingerprint == cached.fingerprint
+    assert torch.equal(again.cases["case001"].moving, cached.cases["case001"].moving)
+    assert cached.fixed_grid == dataset.fixed_grid
+
+
+# ------------------------------------------------------------------ training
+def _config(tmp_path, **kw):
+    values = {"out_dir": str(tmp_path / "run"), "stage": "global", "steps": 6, "batch_size": 2, "lr": 3e-3, "folds": 1,
+              "threads": 1, "checkpoint_minutes": 0.0, "log_every": 2, "model": SMALL_MODEL, "augment": NO_AUGMENT,
+              "device": "cpu"}
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _fixed_batch_loss(model, cfg, data, seeds=range(6)):
+    """Mean loss over fixed draws (same cases, labels and generator each time)."""
+    from labelreg_training.train import LossModule, set_trainable
+    set_trainable(model, cfg.stage)
+    module, cases, total = LossModule(model, cfg, data), list(data.cases.values()), 0.0
+    with torch.no_grad():
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(seed)
+            total += module(*draw_batch(cases, cfg, gen, "cpu"), gen)[0].item()
+    return total / len(seeds)
+
+
+@pytest.mark.parametrize("stage", ["global", "local"])
+def test_smoke_training_decreases_the_loss(dataset, tmp_path, stage):
+    from labelreg.model import ModelConfig, RegistrationModel
+    cfg = _config(tmp_path, stage=stage, steps=60, lr=3e-3, lr_final=3e-3)
+    before = _fixed_batch_loss(RegistrationModel(ModelConfig.from_dict(cfg.model)), cfg, dataset)
+    train(cfg, dataset, log=lambda *_: None)
+    trained = RegistrationModel(ModelConfig.from_dict(cfg.model))
+    trained.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"])
+    after = _fixed_batch_loss(trained, cfg, dataset)
+    assert after < 0.97 * before
+
+
+@pytest.mark.parametrize("stage", ["global", "local"])
+def test_resume_continues_bit_for_bit(dataset, tmp_path, stage):
+    augment = {**NO_AUGMENT, "rotation_deg": 5.0, "noise": 0.02}
+    straight = _config(tmp_path / "a", stage=stage, augment=augment)
+    train(straight, dataset, log=lambda *_: None)
+    interrupted = _config(tmp_path / "b", stage=stage, augment=augment)
+    train(interrupted, dataset, log=lambda *_: None, stop_after=3)
+    train(interrupted, dataset, resume=True, log=lambda *_: None)
+    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()[1:] != []
+
+
+def _ddp_worker(rank, world, port, data_dir, cache, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    torch.set_num_threads(1)
+    data = load_dataset(data_dir, cache, log=lambda *_: None)
+    cfg = TrainConfig(out_dir=out, steps=3, batch_size=1, folds=1, threads=1, model=SMALL_MODEL,
+                      augment=NO_AUGMENT, device="cpu", log_every=1)
+    train(cfg, data, log=lambda *_: None)
+    torch.save({k: v.clone() for k, v in torch.load(f"{out}/checkpoint.pt", weights_only=True)["model"].items()},
+               f"{out}/rank{rank}.pt") if rank == 0 else None
+    import torch.distributed as dist
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes(dataset, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp")
+    mp.spawn(_ddp_worker, args=(2, port, dataset.data_dir, str(tmp_path / "cache"), out), nprocs=2, join=True)
+    state = torch.load(f"{out}/checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    assert any(v.abs().sum() > 0 for k, v in state["model"].items() if k.startswith("global_net.head"))
+
+
+def test_export_writes_a_loadable_model_with_metadata(dataset, tmp_path):
+    from labelreg_training.export import export_model
+    cfg = _config(tmp_path, steps=2)
+    ckpt = train(cfg, dataset, log=lambda *_: None)
+    metrics = tmp_path / "eval.json"
+    metrics.write_text(json.dumps({"mode": "affine", "summary": {"tre_median_mm": 5.0}}))
+    path = export_model(ckpt, tmp_path / "model" / "m.pt", [metrics], dataset.data_dir, ["labelreg-train", "export"])
+    model, meta = load_model(path)
+    assert meta["metrics"][0]["tre_median_mm"] == 5.0 and meta["checkpoint_step"] == 2
+    assert meta["config"]["global_net"]["base_channels"] == 4
+    assert not model.training
