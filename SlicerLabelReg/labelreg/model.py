@@ -34,8 +34,9 @@ class ModelConfig:
     grid_spacing_mm: float = 3.0
     initial_alignment: str = "centers"
     intensity_percentiles: tuple = (1.0, 99.0)
-    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3]})
-    local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4})
+    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3],
+                                                     "norm": "instance"})
+    local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4, "norm": "instance"})
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):

@@ -19,18 +19,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OUTPUT_INIT_STD = 1e-5
+OUTPUT_INIT_STD = 1e-6
+
+
+NORMS = ("instance", "batch")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """Instance norm (default) behaves identically in training and inference, whatever the
+    batch; batch norm is the paper's choice and is kept as an option."""
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    return nn.InstanceNorm3d(channels, affine=True) if kind == "instance" else nn.BatchNorm3d(channels)
 
 
 class ResidualBlock(nn.Module):
-    """conv-BN-ReLU, conv-BN, + 1x1 projection of the input, ReLU."""
+    """conv-norm-ReLU, conv-norm, + 1x1 projection of the input, ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "instance"):
         super().__init__()
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm3d(out_channels)
+        self.bn1 = _norm(norm, out_channels)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm3d(out_channels)
+        self.bn2 = _norm(norm, out_channels)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x):
@@ -41,14 +52,14 @@ class ResidualBlock(nn.Module):
 class Encoder(nn.Module):
     """``levels`` residual blocks with channels base * 2**level, max-pooled between levels."""
 
-    def __init__(self, in_channels: int, base_channels: int, levels: int):
+    def __init__(self, in_channels: int, base_channels: int, levels: int, norm: str = "instance"):
         super().__init__()
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}")
         self.channels = [base_channels * 2**level for level in range(levels)]
         blocks, previous = [], in_channels
         for channels in self.channels:
-            blocks.append(ResidualBlock(previous, channels))
+            blocks.append(ResidualBlock(previous, channels, norm))
             previous = channels
         self.blocks = nn.ModuleList(blocks)
 
@@ -63,8 +74,10 @@ class Encoder(nn.Module):
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int):
+    """Pad (replicate) each spatial size up to a multiple of ``multiple`` and at least
+    2 * ``multiple``, so the deepest level keeps more than one voxel per axis."""
     shape = x.shape[2:]
-    padded = [(-n) % multiple for n in shape]
+    padded = [max(-(-n // multiple) * multiple, 2 * multiple) - n for n in shape]
     if not any(padded):
         return x, shape
     # F.pad takes (W_left, W_right, H_left, H_right, D_left, D_right)
@@ -84,10 +97,10 @@ class GlobalNet(nn.Module):
     the coarse spatial layout an affine needs -> linear layer with 12 outputs, zero-initialised
     so that the predicted affine is the identity before training."""
 
-    def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3)):
+    def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3), norm: str = "instance"):
         super().__init__()
-        self.config = {"base_channels": base_channels, "levels": levels, "pooled_size": list(pooled_size)}
-        self.encoder = Encoder(2, base_channels, levels)
+        self.config = {"base_channels": base_channels, "levels": levels, "pooled_size": list(pooled_size), "norm": norm}
+        self.encoder = Encoder(2, base_channels, levels, norm)
         self.pooled_size = tuple(int(n) for n in pooled_size)
         self.head = nn.Linear(self.encoder.channels[-1] * int(torch.tensor(self.pooled_size).prod()), 12)
         nn.init.zeros_(self.head.weight)
@@ -106,17 +119,17 @@ class LocalNet(nn.Module):
     """U-Net-like encoder-decoder; a displacement is read out at every decoder level, upsampled
     trilinearly to the input size and summed (the paper's "summed DDF")."""
 
-    def __init__(self, base_channels: int = 16, levels: int = 4):
+    def __init__(self, base_channels: int = 16, levels: int = 4, norm: str = "instance"):
         super().__init__()
-        self.config = {"base_channels": base_channels, "levels": levels}
-        self.encoder = Encoder(2, base_channels, levels)
+        self.config = {"base_channels": base_channels, "levels": levels, "norm": norm}
+        self.encoder = Encoder(2, base_channels, levels, norm)
         channels = self.encoder.channels
         self.up = nn.ModuleList()
         self.decode = nn.ModuleList()
         self.outputs = nn.ModuleList([self._output(channels[-1])])
         for level in reversed(range(levels - 1)):
             self.up.append(nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2))
-            self.decode.append(ResidualBlock(2 * channels[level], channels[level]))
+            self.decode.append(ResidualBlock(2 * channels[level], channels[level], norm))
             self.outputs.append(self._output(channels[level]))
         self.multiple = 2 ** (levels - 1)
 
