@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
+try:
+    import slicer as _slicer_core  # noqa: F401  (pip install slicer-core)
+except ImportError as exc:  # absent, or broken (e.g. a vtk it was not built against)
+    pytest.skip(f"slicer-core is not available: {exc}", allow_module_level=True)
 import slicer_bootstrap
 import vtk  # installed with slicer-core
 from labelreg.errors import LabelRegError, RegistrationCancelled
@@ -437,6 +440,11 @@ def test_empty_and_non_3d_inputs(slicer, module, nodes, phantom, tmp_path):
         scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "constant"), np.zeros_like(pair.fixed.array), pair.fixed.grid
     )
     no_segments = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no segments")
+    vector = slicer.util.addVolumeFromArray(np.zeros(pair.fixed.array.shape + (3,), np.float32),
+                                            nodeClassName="vtkMRMLVectorVolumeNode")
+    surface_only = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surface only")
+    surface_only.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    surface_only.GetSegmentation().AddEmptySegment("gland")
     before = scene_state(slicer)
     cases = [
         ((empty, moving), "no image data"),
@@ -445,6 +453,8 @@ def test_empty_and_non_3d_inputs(slicer, module, nodes, phantom, tmp_path):
         ((None, moving), "Select the TRUS"),
         ((fixed, fixed), "must be different"),
         ((fixed, moving, no_segments), "is empty"),
+        ((vector, moving), "scalar"),
+        ((fixed, moving, surface_only), "binary labelmap representation"),
     ]
     for arguments, message in cases:
         with pytest.raises(LabelRegError, match=message):

@@ -129,6 +129,10 @@ def labelsFromNode(node, referenceGrid: Grid, role: str = "segmentation"):
     channels, names, colors = [], [], []
     if node.IsA("vtkMRMLSegmentationNode"):
         segmentation = node.GetSegmentation()
+        labelmapName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        if segmentation.GetNumberOfSegments() and not segmentation.ContainsRepresentation(labelmapName):
+            raise LabelRegError(f"{name}: the {role} has no binary labelmap representation; create it in the "
+                                "Segmentations module (Representations: Binary labelmap, Create) first.")
         for index in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(index)
             image = slicer.vtkOrientedImageData()
