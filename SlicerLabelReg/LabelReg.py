@@ -111,6 +111,7 @@ class LabelRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.logic.stopAutoUpdate()
+        self.logic.worker.cancel()  # its inputs are about to disappear
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
