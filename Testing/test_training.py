@@ -200,3 +200,28 @@ def test_export_writes_a_loadable_model_with_metadata(dataset, tmp_path):
     assert meta["metrics"][0]["tre_median_mm"] == 5.0 and meta["checkpoint_step"] == 2
     assert meta["config"]["global_net"]["base_channels"] == 4
     assert not model.training
+
+
+def test_tuning_split_is_taken_from_training_subjects_only():
+    from labelreg_training.data import split_cases
+    subjects = {f"c{i:02d}": f"s{i // 2}" for i in range(40)}
+    train_cases, tune_cases, val_cases = split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2)
+    groups = [{subjects[c] for c in cases} for cases in (train_cases, tune_cases, val_cases)]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert sorted(train_cases + tune_cases + val_cases) == sorted(subjects)
+    assert len(groups[1]) == round(0.2 * 16)
+    assert split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2) == (train_cases, tune_cases, val_cases)
+
+
+def test_best_checkpoint_follows_the_tuning_score(dataset, tmp_path):
+    scores = iter([(9.0, 0.5), (7.0, 0.6), (8.0, 0.6)])  # the second evaluation is the best
+
+    def fake_evaluate(model, cases):
+        assert set(cases) <= set(dataset.cases)
+        tre, dice = next(scores)
+        return {"tune_tre_median_mm": tre, "tune_tre_p90_mm": tre, "tune_dice_median": dice, "tune_dice_p10": dice}
+
+    cfg = _config(tmp_path, steps=6, log_every=2, val_every=2, tune_fraction=0.3)
+    train(cfg, dataset, log=lambda *_: None, evaluate_fn=fake_evaluate)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["step"] == 4 and best["score"] == pytest.approx(7.0 - 6.0)

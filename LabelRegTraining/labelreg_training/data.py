@@ -73,6 +73,24 @@ def kfold_by_subject(subjects: dict, folds: int, fold: int, seed: int = 0) -> tu
     return sorted(train), sorted(val)
 
 
+def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0) -> tuple:
+    """(train, tune, val) case lists. ``val`` is fold ``fold`` of :func:`kfold_by_subject` (all
+    cases for ``folds <= 1``: no validation); ``tune`` takes about ``tune_fraction`` of the
+    remaining subjects (at least one when the fraction is positive) for checkpoint selection,
+    so that validation subjects are never used to pick a model."""
+    if folds > 1:
+        train, val = kfold_by_subject(subjects, folds, fold, seed)
+    else:
+        train, val = sorted(subjects), []
+    ids = sorted({subjects[c] for c in train})
+    n_tune = 0 if tune_fraction <= 0 else max(1, round(tune_fraction * len(ids)))
+    if n_tune >= len(ids):
+        raise LabelRegError(f"tune_fraction {tune_fraction} leaves no training subjects ({len(ids)} available)")
+    rng = np.random.default_rng(seed + 1)
+    tune_ids = set(rng.permutation(ids)[:n_tune].tolist())
+    return ([c for c in train if subjects[c] not in tune_ids], [c for c in train if subjects[c] in tune_ids], val)
+
+
 @dataclass
 class Case:
     name: str

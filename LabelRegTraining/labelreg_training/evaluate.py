@@ -43,16 +43,16 @@ def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", 
 
 
 def validation_callback(data_dir, mode: str, device: str = "cpu"):
-    """A ``evaluate_fn(model, val_cases)`` for :func:`labelreg_training.train.train` that keeps
-    the validation files in memory and returns val_* log columns."""
+    """An ``evaluate_fn(model, cases)`` for :func:`labelreg_training.train.train` (run on the
+    tuning cases) that keeps the files in memory and returns tune_* log columns."""
     cache = {}
 
-    def evaluate_fn(model, val_cases):
-        missing = [n for n in val_cases if n not in cache]
+    def evaluate_fn(model, cases):
+        missing = [n for n in cases if n not in cache]
         for pair in load_pairs(data_dir, missing):
             cache[pair[0]] = pair
-        _, summary = evaluate_model(model, [cache[n] for n in val_cases], mode, device)
-        return {"val_tre_median_mm": summary["tre_median_mm"], "val_tre_p90_mm": summary["tre_p90_mm"],
-                "val_dice_median": summary["dice_median"], "val_dice_p10": summary["dice_p10"]}
+        _, summary = evaluate_model(model, [cache[n] for n in cases], mode, device)
+        return {"tune_tre_median_mm": summary["tre_median_mm"], "tune_tre_p90_mm": summary["tre_p90_mm"],
+                "tune_dice_median": summary["dice_median"], "tune_dice_p10": summary["dice_p10"]}
 
     return evaluate_fn

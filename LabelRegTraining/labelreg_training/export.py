@@ -42,7 +42,7 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=())
         "training": {k: train_config.get(k) for k in
                      ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "dice_weight", "ce_weight",
                       "bending_weight", "smoothing_mm", "init_from", "augment")},
-        "split": {"train_cases": train_config.get("train_cases"), "val_cases": train_config.get("val_cases")},
+        "split": {k: train_config.get(k) for k in ("train_cases", "tune_cases", "val_cases")},
         "metrics": [json.loads(Path(m).read_text()).get("summary") | {"mode": json.loads(Path(m).read_text()).get("mode")}
                     for m in metrics_files],
         "command_line": " ".join(argv),

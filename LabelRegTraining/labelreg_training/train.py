@@ -23,7 +23,7 @@ from labelreg.warp import sample
 from torch import nn
 
 from . import augment, losses
-from .data import Dataset, kfold_by_subject
+from .data import Dataset, split_cases
 
 STAGES = {"global": "affine", "local": "deformable", "joint": "deformable", "local_only": "local"}
 
@@ -53,6 +53,8 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     log_every: int = 10
     val_every: int = 250
+    #: share of the training subjects held out to pick the best checkpoint (never the validation fold)
+    tune_fraction: float = 0.15
     threads: int = 2
     device: str = "auto"
     augment: dict = field(default_factory=lambda: asdict(augment.AugmentConfig()))
@@ -164,8 +166,7 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
         device = torch.device("cuda", rank % torch.cuda.device_count())
     out = Path(cfg.out_dir)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
-    train_cases, val_cases = kfold_by_subject(data.subjects, cfg.folds, cfg.fold, cfg.seed) if cfg.folds > 1 \
-        else (sorted(data.cases), [])
+    train_cases, tune_cases, val_cases = split_cases(data.subjects, cfg.folds, cfg.fold, cfg.seed, cfg.tune_fraction)
     cases = data.subset(train_cases)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
@@ -189,16 +190,20 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         with AtomicFile(out / "config.json") as tmp:
-            Path(tmp).write_text(json.dumps(asdict(cfg) | {"train_cases": train_cases, "val_cases": val_cases}, indent=2))
+            Path(tmp).write_text(json.dumps(asdict(cfg) | {"train_cases": train_cases, "tune_cases": tune_cases,
+                                                        "val_cases": val_cases}, indent=2))
     set_trainable(model, cfg.stage)
     module = LossModule(model, cfg, data)
     runner = nn.parallel.DistributedDataParallel(module) if world > 1 else module
     _truncate_log(log_path, step)
 
-    def save():
+    best_path = out / "best.pt"
+    best = torch.load(best_path, weights_only=True)["score"] if resume and best_path.exists() else float("inf")
+
+    def save(path=ckpt_path, **extra):
         if rank == 0:
             _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                "stage": cfg.stage, "model_config": model.config.to_dict()}, ckpt_path)
+                                "stage": cfg.stage, "model_config": model.config.to_dict(), **extra}, path)
 
     stage_index = list(STAGES).index(cfg.stage)
     last_save, start, running = time.monotonic(), time.monotonic(), torch.zeros(4)
@@ -223,9 +228,13 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
             row = {"step": step, "loss": running[0].item() / n, "dice_loss": running[1].item() / n,
                    "ce": running[2].item() / n, "bending": running[3].item() / n,
                    "lr": learning_rate(cfg, step - 1), "seconds": round(time.monotonic() - start, 1)}
-            if evaluate_fn is not None and val_cases and (step % cfg.val_every == 0 or step == cfg.steps):
-                row.update(evaluate_fn(model, val_cases))
+            if evaluate_fn is not None and tune_cases and (step % cfg.val_every == 0 or step == cfg.steps):
+                row.update(evaluate_fn(model, tune_cases))
                 set_trainable(model, cfg.stage)
+                score = selection_score(row)
+                if score < best:
+                    best = score
+                    save(best_path, score=score)
             _append_log(log_path, row)
             running.zero_()
         if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
@@ -238,7 +247,12 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
 
 
 LOG_FIELDS = ["step", "loss", "dice_loss", "ce", "bending", "lr", "seconds",
-              "val_tre_median_mm", "val_tre_p90_mm", "val_dice_median", "val_dice_p10"]
+              "tune_tre_median_mm", "tune_tre_p90_mm", "tune_dice_median", "tune_dice_p10"]
+
+
+def selection_score(row: dict) -> float:
+    """Lower is better: median landmark TRE (mm) minus 10 mm per unit of median gland Dice."""
+    return row["tune_tre_median_mm"] - 10.0 * row["tune_dice_median"]
 
 
 def _append_log(path: Path, row: dict):
