@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")
         p.add_argument("--limit", type=int, default=0, help="baseline: only the first N cases")
+        p.add_argument("--linear", default="rigid", choices=["rigid", "affine"], help="baseline: linear stage")
     p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
