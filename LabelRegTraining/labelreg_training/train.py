@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int = 0
     dice_weight: float = 1.0
     #: smoothed, label-balanced cross-entropy; off by default: on the MR-TRUS fold-0 runs it made
-    #: training unstable (local-only tuning TRE 16.6 mm vs 9.0 mm with Dice alone at step 1200)
+    #: training unstable (local-only, fold-0 validation TRE 16.6 mm vs 9.0 mm with Dice alone at step 1200)
     ce_weight: float = 0.0
     bending_weight: float = 5.0
     smoothing_mm: float = 3.0
