@@ -88,6 +88,6 @@ def run_baseline(args) -> int:
           f"{summary['seconds_per_pair']:.1f} s/pair ({args.threads} threads)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"mode": f"simpleitk-mi-{args.linear}-bspline", "fold": args.fold,
+        Path(args.json).write_text(json.dumps({"mode": f"simpleitk-mi-{args.linear}-bspline", "label": args.label, "fold": args.fold,
                                                "summary": summary, "rows": rows}, indent=2, default=float))
     return 0

@@ -89,7 +89,7 @@ def _evaluate(args) -> int:
         print(f"{r['case']}: {format_metrics(r)}")
     print(f"{args.mode} on {len(rows)} cases: {format_metrics(summary)}, {summary['seconds_per_pair']:.3f} s/pair")
     if args.json:
-        out = {"mode": args.mode, "fold": args.fold, "folds": args.folds, "checkpoint": args.checkpoint,
+        out = {"mode": args.mode, "label": args.label, "fold": args.fold, "folds": args.folds, "checkpoint": args.checkpoint,
                "summary": summary, "rows": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
@@ -106,6 +106,21 @@ def _export(args) -> int:
 def _plot(args) -> int:
     from .plots import plot_log
     print(f"wrote {plot_log(args.log, args.out)}")
+    return 0
+
+
+def _report(args) -> int:
+    """A markdown table of evaluation JSON files (one row each), as pasted into the model card."""
+    print("| method | pairs | TRE median (mm) | TRE p90 (mm) | Dice median | Dice p10 | HD95 median (mm) | folding | s/pair |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in args.files:
+        blob = json.loads(Path(path).read_text())
+        s = blob["summary"]
+        label = blob.get("label") or f"{blob.get('mode')} ({Path(path).stem})"
+        folding = s.get("folding_fraction_mean")
+        print(f"| {label} | {s['pairs']} | {s['tre_median_mm']:.2f} | {s['tre_p90_mm']:.2f} | {s['dice_median']:.3f} | "
+              f"{s['dice_p10']:.3f} | {s['hd95_median_mm']:.2f} | {'-' if folding is None else f'{folding:.4%}'} | "
+              f"{s['seconds_per_pair']:.2f} |")
     return 0
 
 
@@ -131,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")
+        p.add_argument("--label", help="name of this row in 'labelreg-train report'")
         p.add_argument("--limit", type=int, default=0, help="baseline: only the first N cases")
         p.add_argument("--linear", default="rigid", choices=["rigid", "affine"], help="baseline: linear stage")
     p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
@@ -138,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
     p.add_argument("--data", help="data folder, recorded with its fingerprint")
     p.add_argument("--out", default=None, help="default: the bundled model path")
+    p = sub.add_parser("report", help="markdown table of evaluation JSON files")
+    p.add_argument("files", nargs="+")
     p = sub.add_parser("plot", help="loss and metric curves of a run as PNG")
     p.add_argument("log", help="a run's log.csv")
     p.add_argument("--out", help="PNG path (default beside the log)")
@@ -147,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": _fit, "evaluate": _evaluate, "export": _export, "plot": _plot, "baseline": _baseline}[args.command](args)
+        return {"fit": _fit, "evaluate": _evaluate, "export": _export, "plot": _plot, "baseline": _baseline,
+                "report": _report}[args.command](args)
     except LabelRegError as exc:
         print(f"labelreg-train: error: {exc}", file=sys.stderr)
         return 2
