@@ -24,8 +24,6 @@ from .volume import Volume
 from .warp import sample
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: refuse fixed images whose network grid would exceed this many voxels (physical extent far too large)
-MAX_NETWORK_VOXELS = 256**3
 CSV_COLUMNS = ("name", "dice", "dice_p10", "hd95_mm", "tre_median_mm", "tre_p90_mm", "n_landmarks",
                "folding_fraction", "tre_mm")
 
@@ -78,18 +76,6 @@ def read_displacement(path) -> tuple:
     return sitk.GetArrayFromImage(image).astype(np.float64), Grid.from_sitk(image)
 
 
-def check_network_size(engine, fixed: Volume) -> None:
-    """Refuse a fixed image whose physical extent makes the network grid absurdly large."""
-    net = engine.model.network_grid(fixed.grid)
-    voxels = int(np.prod(net.size, dtype=np.int64))
-    if voxels > MAX_NETWORK_VOXELS:
-        raise LabelRegError(
-            f"{fixed.name}: the image covers {np.round(fixed.grid.extent_mm).tolist()} mm, which at "
-            f"{engine.config.grid_spacing_mm} mm is a {net.size} network grid (over {MAX_NETWORK_VOXELS} voxels); "
-            "check the spacing units (mm) or crop the image"
-        )
-
-
 def warp_initial(fixed_grid: Grid, moving: Volume, alignment: str) -> np.ndarray:
     """Moving channels (C, z, y, x) resampled on the fixed grid by the initial alignment only."""
     with torch.inference_mode():
@@ -106,7 +92,6 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
 
     Returns {"result", "paths", "metrics_before", "metrics_after", "write_s"}.
     """
-    check_network_size(engine, fixed)
     alignment = alignment or engine.config.initial_alignment
     if fixed_labels is not None and labels is not None and fixed_labels.channels.shape[0] != labels.channels.shape[0]:
         raise LabelRegError(f"{fixed_labels.name}: {fixed_labels.channels.shape[0]} channels, but the moving labels "
@@ -238,7 +223,6 @@ def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: st
                 pending = pool.submit(load, names[index + 1])
             try:
                 fixed, moving, labels = future.result()
-                check_network_size(engine, fixed)
                 result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment)
                 grid = result.fixed_grid
                 if labels is not None:

@@ -22,6 +22,8 @@ from .volume import Volume
 from .warp import sample
 
 DEVICES = ("auto", "cpu", "cuda")
+#: refuse a fixed image whose network grid would exceed this many voxels (wrong units, huge FOV)
+MAX_NETWORK_VOXELS = 256**3
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -110,13 +112,19 @@ class RegistrationEngine:
         with torch.inference_mode():
             return self._run(pairs, mode, initial_alignment or self.config.initial_alignment, progress, cancel)
 
-    @staticmethod
-    def _check_pair(fixed: Volume, moving: Volume, labels: Volume | None):
+    def _check_pair(self, fixed: Volume, moving: Volume, labels: Volume | None):
         for role, volume in (("fixed", fixed), ("moving", moving)):
             if volume.array.ndim != 3:
                 raise LabelRegError(f"{volume.name}: the {role} image must be 3-D, got shape {volume.array.shape}")
         if labels is not None and not labels.grid.same_as(moving.grid):
             raise LabelRegError(f"{labels.name}: moving labels are not on the moving image's grid")
+        net = self.model.network_grid(fixed.grid)
+        if int(np.prod(net.size, dtype=np.int64)) > MAX_NETWORK_VOXELS:
+            raise LabelRegError(
+                f"{fixed.name}: the image covers {np.round(fixed.grid.extent_mm).tolist()} mm, which at "
+                f"{self.config.grid_spacing_mm} mm is a {net.size} network grid (over {MAX_NETWORK_VOXELS} voxels); "
+                "check the spacing units (mm) or crop the image"
+            )
 
     def _run(self, pairs, mode, alignment, progress, cancel) -> list:
         timings = {}
