@@ -227,14 +227,19 @@ def test_best_checkpoint_follows_the_tuning_score(dataset, tmp_path):
     assert best["step"] == 4 and best["score"] == pytest.approx(7.0 - 6.0)
 
 
-def test_report_and_plot(tmp_path, capsys):
+def test_report_pools_folds_and_plots(tmp_path, capsys):
     from labelreg_training.cli import main as train_main
-    summary = {"pairs": 2, "tre_median_mm": 3.5, "tre_p90_mm": 7.25, "dice_median": 0.9, "dice_p10": 0.8,
-               "hd95_median_mm": 4.0, "folding_fraction_mean": 0.001, "seconds_per_pair": 0.12}
-    (tmp_path / "a.json").write_text(json.dumps({"mode": "deformable", "label": "composite", "summary": summary}))
-    assert train_main(["report", str(tmp_path / "a.json")]) == 0
-    row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row == "| composite | 2 | 3.50 | 7.25 | 0.900 | 0.800 | 4.00 | 0.1000% | 0.12 |"
+
+    def row(case, dice, tres):
+        return {"case": case, "seconds": 0.1, "dice": dice, "hd95_mm": 4.0, "tre_mm": tres, "folding_fraction": 0.0}
+
+    for fold, rows in ((0, [row("a", 0.9, [1.0, 2.0])]), (1, [row("b", 0.7, [3.0]), row("c", 0.8, [4.0, 5.0])])):
+        (tmp_path / f"f{fold}.json").write_text(json.dumps({"mode": "deformable", "label": "composite", "fold": fold,
+                                                             "rows": rows, "summary": {}}))
+    assert train_main(["report", str(tmp_path / "f0.json"), str(tmp_path / "f1.json")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    # pooled: TRE median of [1..5] = 3, p90 = 4.6; Dice median of [0.9, 0.7, 0.8] = 0.8
+    assert line.startswith("| composite | 0,1 | 3 | 3.00 | 4.60 | 0.800 |")
     log = tmp_path / "log.csv"
     log.write_text("step,loss,dice_loss,ce,bending,lr,seconds,tune_tre_median_mm,tune_tre_p90_mm,tune_dice_median,"
                    "tune_dice_p10\n10,1.0,0.5,0,0,0.001,1,,,,\n20,0.8,0.4,0,0,0.001,2,6.0,9.0,0.7,0.6\n")
