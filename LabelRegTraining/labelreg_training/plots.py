@@ -20,10 +20,14 @@ def plot_log(log_csv, out=None) -> Path:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key in ("loss", "dice_loss", "ce"):
+    for key in ("loss", "dice_loss"):
         axes[0].plot(*series(key), label=key)
+    ce_axis = axes[0].twinx()  # cross-entropy is logged even when its weight is 0; own scale
+    ce_axis.plot(*series("ce"), color="tab:green", alpha=0.5, label="ce (right axis)")
     axes[0].set_title("training loss")
-    axes[0].legend()
+    lines = axes[0].get_legend_handles_labels()
+    ce_lines = ce_axis.get_legend_handles_labels()
+    axes[0].legend(lines[0] + ce_lines[0], lines[1] + ce_lines[1])
     axes[1].plot(*series("tune_tre_median_mm"), "o-", label="median")
     axes[1].plot(*series("tune_tre_p90_mm"), "s--", label="p90")
     axes[1].set_title("tuning-set landmark TRE (mm)")
