@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -139,7 +140,6 @@ def set_trainable(model: RegistrationModel, stage: str):
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Short warm-up, then cosine decay from lr to lr_final."""
-    import math
     warm = min(1.0, (step + 1) / 50)
     t = min(1.0, step / max(1, cfg.steps))
     return warm * (cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t)))
