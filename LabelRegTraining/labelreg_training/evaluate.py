@@ -42,7 +42,7 @@ def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", 
     return rows, summary
 
 
-def validation_callback(data_dir, mode: str, device: str = "cpu"):
+def validation_callback(data_dir, mode: str):
     """An ``evaluate_fn(model, cases)`` for :func:`labelreg_training.train.train` (run on the
     tuning cases) that keeps the files in memory and returns tune_* log columns."""
     cache = {}
@@ -51,6 +51,7 @@ def validation_callback(data_dir, mode: str, device: str = "cpu"):
         missing = [n for n in cases if n not in cache]
         for pair in load_pairs(data_dir, missing):
             cache[pair[0]] = pair
+        device = next(model.parameters()).device.type  # evaluate where the model trains: never move it
         _, summary = evaluate_model(model, [cache[n] for n in cases], mode, device)
         return {"tune_tre_median_mm": summary["tre_median_mm"], "tune_tre_p90_mm": summary["tre_p90_mm"],
                 "tune_dice_median": summary["dice_median"], "tune_dice_p10": summary["dice_p10"]}
