@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from labelreg.metrics import evaluate_pair, format_metrics, summarize
 
-from .data import case_names, kfold_by_subject, read_subjects, resolve_data_dir
+from .data import validation_cases
 
 
 def _method(transform, fixed, iterations: int, shrink=(4, 2, 1), smooth=(2, 1, 0), bspline=False):
@@ -57,10 +57,7 @@ def register_pair(fixed: sitk.Image, moving: sitk.Image, linear: str = "rigid", 
 
 def run_baseline(args) -> int:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    data_dir = resolve_data_dir(args.data)
-    names = case_names(data_dir)
-    if args.folds > 1:
-        _, names = kfold_by_subject(read_subjects(data_dir, names), args.folds, args.fold, args.seed)
+    data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed)
     if args.limit:
         names = names[: args.limit]
     from labelreg.grid import Grid

@@ -70,13 +70,10 @@ def _evaluate(args) -> int:
     from labelreg.metrics import format_metrics
     from labelreg.model import ModelConfig, RegistrationModel
 
-    from .data import case_names, kfold_by_subject, read_subjects, resolve_data_dir
+    from .data import validation_cases
     from .evaluate import evaluate_model, load_pairs
 
-    data_dir = resolve_data_dir(args.data)
-    names = case_names(data_dir)
-    if args.folds > 1:
-        _, names = kfold_by_subject(read_subjects(data_dir, names), args.folds, args.fold, args.seed)
+    data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed)
     if args.checkpoint:
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))

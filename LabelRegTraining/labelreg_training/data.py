@@ -73,6 +73,15 @@ def kfold_by_subject(subjects: dict, folds: int, fold: int, seed: int = 0) -> tu
     return sorted(train), sorted(val)
 
 
+def validation_cases(data_dir, folds: int, fold: int, seed: int = 0) -> tuple:
+    """(resolved data folder, the case names of validation fold ``fold``; every case for ``folds <= 1``)."""
+    data_dir = resolve_data_dir(data_dir)
+    names = case_names(data_dir)
+    if folds > 1:
+        _, names = kfold_by_subject(read_subjects(data_dir, names), folds, fold, seed)
+    return data_dir, names
+
+
 def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0) -> tuple:
     """(train, tune, val) case lists. ``val`` is fold ``fold`` of :func:`kfold_by_subject` (all
     cases for ``folds <= 1``: no validation); ``tune`` takes about ``tune_fraction`` of the

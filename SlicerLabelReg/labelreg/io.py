@@ -170,10 +170,6 @@ def read_labels(path, reference: Grid, role: str = "labels") -> Volume:
 
 
 # ------------------------------------------------------------------ writing
-def atomic_path(path) -> AtomicFile:
-    return AtomicFile(path)
-
-
 class AtomicFile:
     """``with AtomicFile(p) as tmp: write(tmp)`` writes to a temporary file beside ``p`` with
     the same suffix, then renames it over ``p``; on error the temporary file is removed."""
