@@ -10,8 +10,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
+from ._sitk import sitk
 from .errors import LabelRegError
 from .grid import Grid
 from .volume import Volume

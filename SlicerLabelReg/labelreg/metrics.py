@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
+from ._sitk import sitk
 from .errors import LabelRegError
 from .grid import Grid
 from .transforms import jacobian_determinant
@@ -126,16 +126,17 @@ def _check_same(warped: np.ndarray, fixed: np.ndarray) -> None:
         raise LabelRegError(f"warped labels {warped.shape} and fixed labels {fixed.shape} are not on the same grid")
 
 
-def evaluate_pair(warped_labels, fixed_labels, grid: Grid, ddf_lps=None) -> dict:
-    """All metrics of one pair: ``dice``, ``hd95_mm`` (gland), ``tre_mm`` (list per landmark),
-    ``tre_median_mm``, ``n_landmarks`` and ``folding_fraction`` (None without a field)."""
+def evaluate_pair(warped_labels, fixed_labels, grid: Grid, ddf_lps=None, hd95: bool = True) -> dict:
+    """All metrics of one pair: ``dice``, ``hd95_mm`` (gland; None when ``hd95`` is False),
+    ``tre_mm`` (list per landmark), ``tre_median_mm``, ``n_landmarks`` and ``folding_fraction``
+    (None without a field)."""
     warped, fixed = _channels(warped_labels), _channels(fixed_labels)
     _check_same(warped, fixed)
     tre = landmark_tre_mm(warped, fixed, grid)
     valid = [t for t in tre if not math.isnan(t)]
     return {
         "dice": dice(warped[0], fixed[0]),
-        "hd95_mm": hd95_mm(warped[0], fixed[0], grid),
+        "hd95_mm": hd95_mm(warped[0], fixed[0], grid) if hd95 else None,
         "tre_mm": tre,
         "tre_median_mm": _percentile(valid, 50),
         "n_landmarks": len(valid),
