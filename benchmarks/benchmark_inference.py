@@ -1,7 +1,7 @@
 """Inference benchmark (not a test): per-stage times of one MR->TRUS registration.
 
     python benchmarks/benchmark_inference.py [--data /path/to/mrus] [--case obs000]
-        [--model model.pt] [--runs 10] [--threads 2] [--device cpu]
+        [--model model.pt] [--runs 10] [--threads 2] [--device cpu] [--batch 4] [--skip-io]
 
 Uses a real pair from ``--data`` (or $LABELREG_DATA; public layout) if given, else a
 synthetic phantom; the bundled model if installed, else ``--model``, else an untrained model
@@ -41,9 +41,10 @@ def _reader(fixed_path, moving_path, labels_path):
     return read
 
 
-def load_pair(data, case, tmp):
+def load_pair(data, case, tmp, skip_io=False):
     """Returns (fixed, moving, moving_labels, description, read) where ``read()`` reads the
-    pair's files again and returns (..., seconds)."""
+    pair's files again and returns (..., seconds); ``read`` is None with ``skip_io`` (a machine
+    without SimpleITK: the phantom stays in memory)."""
     if data:
         data = Path(data)
         name = case or min(p.name for p in (data / "fixed_images").iterdir())
@@ -52,6 +53,8 @@ def load_pair(data, case, tmp):
     from labelreg.phantom import make_pair, write_pair
 
     pair = make_pair(seed=0, fixed_size=(47, 63, 44), moving_size=(69, 69, 64))
+    if skip_io:
+        return pair.fixed, pair.moving, pair.moving_labels, "synthetic phantom (data set sizes, in memory)", None
     paths = write_pair(pair, tmp, "phantom")  # to time the file I/O on the data set's sizes
     read = _reader(paths["fixed_images"], paths["moving_images"], paths["moving_labels"])
     return pair.fixed, pair.moving, pair.moving_labels, "synthetic phantom (data set sizes)", read
@@ -92,19 +95,21 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--batch", type=int, default=4, help="pairs per call for the batched throughput")
+    parser.add_argument("--skip-io", action="store_true", help="phantom in memory, no file I/O timing")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        fixed, moving, labels, description, read = load_pair(args.data, args.case, tmp)
-        io_times = [read()[3] for _ in range(max(3, args.runs // 2))]
+        fixed, moving, labels, description, read = load_pair(args.data, args.case, tmp, args.skip_io)
+        io_times = [read()[3] for _ in range(max(3, args.runs // 2))] if read else []
     model, model_name, model_bytes = get_model(args.model)
     engine = RegistrationEngine(model, device=args.device, threads=args.threads)
     net_grid = model.network_grid(fixed.grid)
     one = [(fixed, moving, labels)]
     total, stages = median_times(engine, one, "deformable", args.runs)
     affine_total, affine_stages = median_times(engine, one, "affine", args.runs)
-    batch4, _ = median_times(engine, one * 4, "deformable", max(3, args.runs // 2), warmup=1)
+    batched, _ = median_times(engine, one * args.batch, "deformable", max(3, args.runs // 2), warmup=1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
     print(f"pair:    {description}; fixed {fixed.grid.size}, moving {moving.grid.size}, "
@@ -114,7 +119,7 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"device {engine.device}, {torch.get_num_threads()} threads (load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs); median of {args.runs} runs\n")
-    rows = [("load (file I/O)", statistics.median(io_times), None)]
+    rows = [("load (file I/O)", statistics.median(io_times), None)] if io_times else []
     rows += [(f"{s}" + (" (image+labels)" if s == "warp" else ""), stages[s], affine_stages[s]) for s in STAGES]
     rows += [("total per pair (no I/O)", total, affine_total)]
     print(f"{'stage':28s}{'deformable':>12s}{'affine (baseline)':>20s}")
@@ -123,7 +128,7 @@ def main(argv=None) -> int:
         print(f"{name:28s}{value * 1000:9.1f} ms{base_text:>20s}")
     print(f"{'deformable / affine':28s}{total / affine_total:10.2f} x")
     print(f"{'throughput, batch 1':28s}{1 / total:9.2f} pairs/s")
-    print(f"{'throughput, batch 4':28s}{4 / batch4:9.2f} pairs/s")
+    print(f"{f'throughput, batch {args.batch}':28s}{args.batch / batched:9.2f} pairs/s")
     print(f"{'peak RSS':28s}{peak_mb:9.0f} MB")
     if engine.device.type == "cuda":
         print(f"{'peak GPU memory':28s}{torch.cuda.max_memory_allocated() / 2**20:9.0f} MB")

@@ -43,17 +43,20 @@ def random_affine(batch: int, centre, cfg: AugmentConfig, gen: torch.Generator) 
     return out.float()
 
 
-def smooth_displacement(batch: int, shape, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """(B, D, H, W, 3) smooth random displacement in mm (coarse control points, upsampled)."""
+def smooth_displacement(batch: int, shape, cfg: AugmentConfig, gen: torch.Generator, device=None) -> torch.Tensor:
+    """(B, D, H, W, 3) smooth random displacement in mm (coarse control points drawn from
+    ``gen``, upsampled on ``device``)."""
     n = cfg.deformation_points
-    coarse = torch.randn(batch, 3, n, n, n, generator=gen) * cfg.deformation_mm
+    coarse = (torch.randn(batch, 3, n, n, n, generator=gen) * cfg.deformation_mm).to(device)
     return F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True).permute(0, 2, 3, 4, 1)
 
 
 def intensity(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random gamma on the [0, 1] range and Gaussian noise, per sample; (B, 1, ...)."""
+    """Random gamma on the [0, 1] range and Gaussian noise, per sample; (B, 1, ...). The noise
+    is drawn where the images are, from a generator seeded by ``gen``."""
     b = images.shape[0]
     shape = (b,) + (1,) * (images.dim() - 1)
-    gamma = torch.exp(cfg.gamma * (torch.rand(shape, generator=gen) * 2 - 1))
+    gamma = torch.exp(cfg.gamma * (torch.rand(shape, generator=gen) * 2 - 1)).to(images.device, images.dtype)
+    noise_gen = torch.Generator(images.device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
     out = images.clamp(min=0) ** gamma
-    return out + cfg.noise * torch.randn(images.shape, generator=gen)
+    return out + cfg.noise * torch.randn(images.shape, generator=noise_gen, device=images.device, dtype=images.dtype)

@@ -59,7 +59,7 @@ def _fit(args) -> int:
             else:
                 cfg.model[key] = value
     data = load_dataset(args.data, args.cache_dir, cfg.model.get("intensity_percentiles", (1.0, 99.0)))
-    evaluate_fn = validation_callback(data.data_dir, STAGES[cfg.stage])
+    evaluate_fn = validation_callback(data, STAGES[cfg.stage])
     path = train(cfg, data, resume=args.resume, evaluate_fn=evaluate_fn)
     print(f"checkpoint: {path}")
     return 0

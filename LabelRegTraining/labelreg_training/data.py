@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from labelreg.io import AtomicFile, read_image, read_labels
 from labelreg.model import normalize_intensity
 
 FOLDERS = ("fixed_images", "moving_images", "fixed_labels", "moving_labels")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def resolve_data_dir(path=None) -> Path:
@@ -132,17 +133,20 @@ def _fingerprint(data_dir: Path, names: list) -> str:
 
 
 def load_dataset(data_dir=None, cache_dir=None, percentiles=(1.0, 99.0), log=print) -> Dataset:
-    """Validate every file, then load (from the cache when it is current)."""
+    """Validate every file, then load (from the cache when it is current).
+
+    ``data_dir`` may also be a cache file written by an earlier call (``cache-*.pt``): it holds
+    the whole data set (tensors, grids, subjects), so training can run where neither the NIfTI
+    files nor SimpleITK are (a rented GPU machine, say)."""
+    if data_dir is not None and Path(data_dir).is_file():
+        return _from_cache(Path(data_dir))
     data_dir = resolve_data_dir(data_dir)
     names = case_names(data_dir)
     subjects = read_subjects(data_dir, names)
     fingerprint = _fingerprint(data_dir, names) + f"-p{percentiles[0]:g}-{percentiles[1]:g}-v{CACHE_VERSION}"
     cache = Path(cache_dir) / f"cache-{fingerprint}.pt" if cache_dir else None
     if cache is not None and cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        cases = {n: Case(n, *blob["cases"][n]) for n in names}
-        grids = [Grid(**g) for g in blob["grids"]]
-        return Dataset(cases, grids[0], grids[1], subjects, str(data_dir), fingerprint)
+        return _from_cache(cache)
 
     cases, fixed_grid, moving_grid = {}, None, None
     for n in names:
@@ -173,7 +177,20 @@ def load_dataset(data_dir=None, cache_dir=None, percentiles=(1.0, 99.0), log=pri
             "cases": {n: [c.fixed, c.moving, c.fixed_labels, c.moving_labels] for n, c in cases.items()},
             "grids": [{"size": g.size, "spacing": g.spacing, "origin": g.origin, "direction": g.direction}
                       for g in (fixed_grid, moving_grid)],
+            "subjects": subjects, "data_dir": str(data_dir), "fingerprint": fingerprint, "version": CACHE_VERSION,
         }
         with AtomicFile(cache) as tmp:
             torch.save(blob, tmp)
     return Dataset(cases, fixed_grid, moving_grid, subjects, str(data_dir), fingerprint)
+
+
+def _from_cache(path: Path) -> Dataset:
+    try:
+        blob = torch.load(path, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise LabelRegError(f"{path}: not a readable data cache ({exc}); delete it to rebuild it from the data folder")
+    if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
+        raise LabelRegError(f"{path}: a data cache of another version; delete it to rebuild it from the data folder")
+    cases = {n: Case(n, *tensors) for n, tensors in blob["cases"].items()}
+    grids = [Grid(**g) for g in blob["grids"]]
+    return Dataset(cases, grids[0], grids[1], blob["subjects"], blob["data_dir"], blob["fingerprint"])

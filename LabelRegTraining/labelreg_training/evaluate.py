@@ -8,6 +8,7 @@ from pathlib import Path
 from labelreg.engine import RegistrationEngine
 from labelreg.io import read_image, read_labels
 from labelreg.metrics import evaluate_pair, summarize
+from labelreg.volume import Volume
 
 
 def load_pairs(data_dir, names) -> list:
@@ -23,7 +24,7 @@ def load_pairs(data_dir, names) -> list:
     return pairs
 
 
-def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", batch: int = 8):
+def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", batch: int = 8, hd95: bool = True):
     """Register every pair; returns (rows, summary). Rows carry the case name and seconds."""
     was_training = model.training
     engine = RegistrationEngine(model, device=device)
@@ -34,7 +35,7 @@ def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", 
         results = engine.register_batch([(p[1], p[2], p[3]) for p in chunk], mode=mode)
         per_pair = (time.perf_counter() - t0) / len(chunk)
         for (name, fixed, _, _, fixed_labels), result in zip(chunk, results):
-            row = evaluate_pair(result.warped_labels, fixed_labels.channels, fixed.grid, result.ddf_lps)
+            row = evaluate_pair(result.warped_labels, fixed_labels.channels, fixed.grid, result.ddf_lps, hd95)
             rows.append({"case": name, "seconds": per_pair, **row})
     summary = summarize(rows)
     summary["seconds_per_pair"] = (time.perf_counter() - start) / max(1, len(pairs))
@@ -42,17 +43,28 @@ def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", 
     return rows, summary
 
 
-def validation_callback(data_dir, mode: str):
-    """An ``evaluate_fn(model, cases)`` for :func:`labelreg_training.train.train` (run on the
-    tuning cases) that keeps the files in memory and returns tune_* log columns."""
-    cache = {}
+def cached_pairs(data, names) -> list:
+    """The pairs of :func:`load_pairs` built from a loaded training data set (its cached tensors:
+    images already normalised, labels binary), so that no file is read and no SimpleITK is needed. The engine normalises the
+    images again, which leaves normalised images unchanged up to float16 rounding."""
+    pairs = []
+    for n in names:
+        c = data.cases[n]
+        pairs.append((n, Volume(c.fixed[0].float().numpy(), data.fixed_grid, f"{n} fixed"),
+                      Volume(c.moving[0].float().numpy(), data.moving_grid, f"{n} moving"),
+                      Volume(c.moving_labels.float().numpy(), data.moving_grid, f"{n} moving labels"),
+                      Volume(c.fixed_labels.float().numpy(), data.fixed_grid, f"{n} fixed labels")))
+    return pairs
+
+
+def validation_callback(data, mode: str):
+    """An ``evaluate_fn(model, cases)`` for :func:`labelreg_training.train.train`, run on the
+    tuning cases from the data set in memory; returns the tune_* log columns (HD95 is skipped:
+    selection uses TRE and Dice only)."""
 
     def evaluate_fn(model, cases):
-        missing = [n for n in cases if n not in cache]
-        for pair in load_pairs(data_dir, missing):
-            cache[pair[0]] = pair
         device = next(model.parameters()).device.type  # evaluate where the model trains: never move it
-        _, summary = evaluate_model(model, [cache[n] for n in cases], mode, device)
+        _, summary = evaluate_model(model, cached_pairs(data, cases), mode, device, hd95=False)
         return {"tune_tre_median_mm": summary["tre_median_mm"], "tune_tre_p90_mm": summary["tre_p90_mm"],
                 "tune_dice_median": summary["dice_median"], "tune_dice_p10": summary["dice_p10"]}
 

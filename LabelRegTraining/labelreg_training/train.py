@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,11 @@ class TrainConfig:
     #: the affine head sees thousands of pooled features: a smaller step keeps the affine stable
     head_lr_scale: float = 0.03
     init_from: str = ""
+    #: wall-clock budget of the stage in minutes (0: none). The stage ends at ``steps`` or when the
+    #: budget is spent, whichever comes first, and the learning rate decays with whichever is further
+    #: along, so a time-boxed run (a rented GPU) still ends with a fully decayed rate. Such a run
+    #: depends on the machine's speed, so its resume is not bit-for-bit.
+    minutes: float = 0.0
     checkpoint_minutes: float = 3.0
     log_every: int = 10
     val_every: int = 250
@@ -88,9 +93,9 @@ class LossModule(nn.Module):
         r_fixed = augment.random_affine(b, self.fixed_grid.center_lps, aug, gen).to(dev)
         r_moving = augment.random_affine(b, self.moving_grid.center_lps, aug, gen).to(dev)
         fixed_points = transform_points(r_fixed, points) + augment.smooth_displacement(
-            b, net_grid.shape_zyx, aug, gen).to(dev)
-        fixed = augment.intensity(fixed.cpu(), aug, gen).to(dev)
-        moving = augment.intensity(moving.cpu(), aug, gen).to(dev)
+            b, net_grid.shape_zyx, aug, gen, dev)
+        fixed = augment.intensity(fixed, aug, gen)
+        moving = augment.intensity(moving, aug, gen)
         initial = r_moving @ self.initial.to(dev)
         affine, ddf, net_grid, _ = model.forward_pair(
             fixed, self.fixed_grid, moving, self.moving_grid, initial, STAGES[cfg.stage],
@@ -99,7 +104,8 @@ class LossModule(nn.Module):
         target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
         spacing = net_grid.spacing
         dice = losses.multiscale_dice(warped, target, spacing, cfg.dice_scales_mm)
-        ce = losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing))
+        ce = (losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing))
+              if cfg.ce_weight else torch.zeros((), device=dev))
         bending = losses.bending_energy(ddf, spacing) if ddf is not None else torch.zeros((), device=dev)
         loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
         return loss, torch.stack([dice.detach(), ce.detach(), bending.detach()])
@@ -138,10 +144,11 @@ def set_trainable(model: RegistrationModel, stage: str):
         model.local_net.eval()
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Short warm-up, then cosine decay from lr to lr_final."""
+def learning_rate(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
+    """Short warm-up, then cosine decay from lr to lr_final over ``progress`` (default
+    ``step / steps``) from 0 to 1."""
     warm = min(1.0, (step + 1) / 50)
-    t = min(1.0, step / max(1, cfg.steps))
+    t = min(1.0, step / max(1, cfg.steps) if progress is None else progress)
     return warm * (cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * t)))
 
 
@@ -166,10 +173,14 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", rank % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     out = Path(cfg.out_dir)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
     train_cases, tune_cases, val_cases = split_cases(data.subjects, cfg.folds, cfg.fold, cfg.seed, cfg.tune_fraction)
-    cases = data.subset(train_cases)
+    # the training cases live where the model trains (a GPU holds the whole set easily)
+    cases = [replace(c, fixed=c.fixed.to(device), moving=c.moving.to(device), fixed_labels=c.fixed_labels.to(device),
+                     moving_labels=c.moving_labels.to(device)) for c in data.subset(train_cases)]
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     model = RegistrationModel(ModelConfig.from_dict(cfg.model))
@@ -182,12 +193,12 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("global_net.head.")]
     optimizer = torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": head, "lr_scale": cfg.head_lr_scale}],
                                  lr=cfg.lr)
-    step = 0
+    step, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
         log(f"resumed {ckpt_path} at step {step}")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -205,32 +216,53 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     def save(path=ckpt_path, **extra):
         if rank == 0:
             _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                "stage": cfg.stage, "model_config": model.config.to_dict(), **extra}, path)
+                                "seconds": seconds(), "stage": cfg.stage, "model_config": model.config.to_dict(),
+                                **extra}, path)
 
     stage_index = list(STAGES).index(cfg.stage)
     last_save, start, running = time.monotonic(), time.monotonic(), torch.zeros(4)
-    progress = _progress(cfg.steps, step) if rank == 0 else None
+
+    def seconds():  # training time of this stage, over all runs
+        return seconds_before + time.monotonic() - start
+
+    def fraction_done():  # of the stage, by steps or by time; the same on every rank
+        done = step / max(1, cfg.steps)
+        if cfg.minutes > 0:
+            done = max(done, seconds() / (60 * cfg.minutes))
+            if world > 1:
+                shared = torch.tensor([done], device=device if device.type == "cuda" else "cpu")
+                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+                done = float(shared.item())
+        return done
+
+    progress = _progress(None if cfg.minutes > 0 else cfg.steps, step) if rank == 0 else None  # time-boxed: no ETA by steps
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    while step < end:
+    done = fraction_done()
+    finished = step >= end or done >= 1
+    while not finished:
         gen = torch.Generator().manual_seed(((cfg.seed * 10 + stage_index) * 1_000_003 + step) * 64 + rank)
+        lr = learning_rate(cfg, step, done)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
+            group["lr"] = lr * group["lr_scale"]
         batch = draw_batch(cases, cfg, gen, device)
         loss, terms = runner(*batch, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
+        done = fraction_done()
+        finished = step >= end or done >= 1
         running += torch.cat([loss.detach().cpu()[None], terms.cpu()])
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+        last = finished and done >= 1  # the stage's end, not a stop_after pause
+        if rank == 0 and (step % cfg.log_every == 0 or last):
             n = (step - 1) % cfg.log_every + 1
             row = {"step": step, "loss": running[0].item() / n, "dice_loss": running[1].item() / n,
                    "ce": running[2].item() / n, "bending": running[3].item() / n,
-                   "lr": learning_rate(cfg, step - 1), "seconds": round(time.monotonic() - start, 1)}
-            if evaluate_fn is not None and tune_cases and (step % cfg.val_every == 0 or step == cfg.steps):
+                   "lr": lr, "seconds": round(seconds(), 1)}
+            if evaluate_fn is not None and tune_cases and (step % cfg.val_every == 0 or last):
                 row.update(evaluate_fn(model, tune_cases))
                 set_trainable(model, cfg.stage)
                 score = selection_score(row)
