@@ -116,6 +116,20 @@ def test_cache_is_reused(dataset, tmp_path):
     assert cached.fixed_grid == dataset.fixed_grid
 
 
+def test_dataset_loads_from_its_cache_file_alone(dataset, tmp_path):
+    """A cache file is self-contained (the GPU machine gets it without the data folder)."""
+    from labelreg.errors import LabelRegError
+    load_dataset(dataset.data_dir, tmp_path / "c", log=lambda *_: None)
+    (cache_file,) = (tmp_path / "c").glob("*.pt")
+    alone = load_dataset(cache_file, log=lambda *_: None)
+    assert alone.subjects == dataset.subjects and alone.fingerprint == dataset.fingerprint
+    assert torch.equal(alone.cases["case002"].fixed_labels, dataset.cases["case002"].fixed_labels)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a cache")
+    with pytest.raises(LabelRegError, match="not a readable data cache"):
+        load_dataset(bad, log=lambda *_: None)
+
+
 # ------------------------------------------------------------------ training
 def _config(tmp_path, **kw):
     values = {"out_dir": str(tmp_path / "run"), "stage": "global", "steps": 6, "batch_size": 2, "lr": 3e-3, "folds": 1,
@@ -147,6 +161,17 @@ def test_smoke_training_decreases_the_loss(dataset, tmp_path, stage):
     trained.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"])
     after = _fixed_batch_loss(trained, cfg, dataset)
     assert after < 0.97 * before
+
+
+def test_time_budget_ends_the_stage_and_anneals_the_learning_rate(dataset, tmp_path):
+    cfg = _config(tmp_path, steps=100000, minutes=0.02, lr=1e-3, lr_final=1e-5, log_every=1)
+    train(cfg, dataset, log=lambda *_: None)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert 0 < state["step"] < 100000 and state["seconds"] >= 0.02 * 60
+    from labelreg_training.train import learning_rate
+    last = (tmp_path / "run" / "log.csv").read_text().splitlines()[-1].split(",")
+    by_steps = learning_rate(cfg, int(last[0]) - 1)  # what the schedule over 100000 steps would give there
+    assert float(last[5]) < 0.1 * by_steps  # the cosine followed the clock to its end
 
 
 @pytest.mark.parametrize("stage", ["global", "local"])

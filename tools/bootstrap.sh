@@ -10,4 +10,4 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -c "import torch" 2>/dev/null || pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-pip install -q -e ".[train,test]"
+pip install -q -e ".[train,test,elastix]"

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fit(sub)
     for name, help_text in (("evaluate", "evaluate a checkpoint on a validation fold"),
-                            ("baseline", "classical SimpleITK baseline on a validation fold")):
+                            ("baseline", "classical SimpleITK or elastix baseline on a validation fold")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--data")
         p.add_argument("--checkpoint", help="training checkpoint (evaluate); none = initial alignment only")
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--label", help="name of this row in 'labelreg-train report'")
         p.add_argument("--limit", type=int, default=0, help="baseline: only the first N cases")
         p.add_argument("--linear", default="rigid", choices=["rigid", "affine"], help="baseline: linear stage")
+        p.add_argument("--method", default="simpleitk", choices=["simpleitk", "elastix"],
+                       help="baseline: SimpleITK or elastix (pip install itk-elastix)")
     p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
