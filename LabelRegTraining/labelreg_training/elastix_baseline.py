@@ -6,6 +6,7 @@ The result comes back as a SimpleITK displacement-field transform on the fixed g
 labels are warped and scored exactly like the SimpleITK baseline's."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,14 @@ def register_pair_elastix(fixed_path: Path, moving_path: Path, threads: int = 1,
     method.SetNumberOfThreads(threads)
     method.SetLogToConsole(False)
     method.UpdateLargestPossibleRegion()
-    field = itk.transformix_deformation_field(moving, method.GetTransformParameterObject())
+    with tempfile.TemporaryDirectory() as scratch:  # transformix writes its field to disk too; not into the cwd
+        transformix = itk.TransformixFilter.New(moving)
+        transformix.SetTransformParameterObject(method.GetTransformParameterObject())
+        transformix.SetComputeDeformationField(True)
+        transformix.SetOutputDirectory(scratch)
+        transformix.SetLogToConsole(False)
+        transformix.UpdateLargestPossibleRegion()
+        field = transformix.GetOutputDeformationField()
     grid = Grid.from_sitk(sitk.ReadImage(str(fixed_path)))
     ddf_mm = np.asarray(itk.array_from_image(field), dtype=np.float64)  # (z, y, x, 3), LPS mm
     if ddf_mm.shape[:3] != tuple(reversed(grid.size)):
