@@ -270,3 +270,32 @@ def test_report_pools_folds_and_plots(tmp_path, capsys):
                    "tune_dice_p10\n10,1.0,0.5,0,0,0.001,1,,,,\n20,0.8,0.4,0,0,0.001,2,6.0,9.0,0.7,0.6\n")
     assert train_main(["plot", str(log)]) == 0
     assert (tmp_path / "log.png").stat().st_size > 1000
+
+
+def test_device_pack_round_trip(dataset, tmp_path):
+    """Checkpoints packed on a GPU machine (float16, trained nets only) come back loadable and
+    within float16 precision of the originals, the frozen net restored from ``init_from``."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "device_pack", Path(__file__).parents[1] / "LabelRegTraining" / "scripts" / "device_pack.py")
+    device_pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device_pack)
+
+    def tune(model, cases):
+        return {"tune_tre_median_mm": 1.0, "tune_tre_p90_mm": 1.0, "tune_dice_median": 0.5, "tune_dice_p10": 0.5}
+
+    runs = tmp_path / "runs"
+    for stage, init in (("global", ""), ("local", str(runs / "fold0" / "global" / "best.pt"))):
+        cfg = _config(tmp_path, out_dir=str(runs / "fold0" / stage), stage=stage, steps=4, val_every=2,
+                      tune_fraction=0.3, init_from=init)
+        train(cfg, dataset, log=lambda *_: None, evaluate_fn=tune)
+    device_pack.pack(runs, tmp_path / "out")
+    device_pack.unpack(tmp_path / "out", tmp_path / "back")
+    for stage in ("global", "local"):
+        original = torch.load(runs / "fold0" / stage / "best.pt", weights_only=True)["model"]
+        restored = torch.load(tmp_path / "back" / "fold0" / stage / "best.pt", weights_only=True)["model"]
+        assert original.keys() == restored.keys()
+        for key, value in original.items():
+            scale = value.abs().max().clamp(min=1e-30) if value.is_floating_point() else 1
+            assert torch.allclose(value.float(), restored[key].float(), atol=1e-3 * float(scale)), (stage, key)
