@@ -200,6 +200,7 @@ def _ddp_worker(rank, world, port, data_dir, cache, out):
     torch.save({k: v.clone() for k, v in torch.load(f"{out}/checkpoint.pt", weights_only=True)["model"].items()},
                f"{out}/rank{rank}.pt") if rank == 0 else None
     import torch.distributed as dist
+    dist.barrier()  # both ranks done before teardown (a rank leaving early aborted its peer's gloo threads)
     dist.destroy_process_group()
 
 

@@ -61,6 +61,10 @@ def _fit(args) -> int:
     data = load_dataset(args.data, args.cache_dir, cfg.model.get("intensity_percentiles", (1.0, 99.0)))
     evaluate_fn = validation_callback(data, STAGES[cfg.stage])
     path = train(cfg, data, resume=args.resume, evaluate_fn=evaluate_fn)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():  # torchrun: leave together, then tear down
+        dist.barrier()
+        dist.destroy_process_group()
     print(f"checkpoint: {path}")
     return 0
 
