@@ -64,14 +64,14 @@ def run_baseline(args) -> int:
     from labelreg.grid import Grid
     rows = []
     for n in names:
-        fixed = sitk.ReadImage(str(data_dir / "fixed_images" / f"{n}.nii.gz"))
-        moving = sitk.ReadImage(str(data_dir / "moving_images" / f"{n}.nii.gz"))
+        fixed_path, moving_path = data_dir / "fixed_images" / f"{n}.nii.gz", data_dir / "moving_images" / f"{n}.nii.gz"
+        fixed = sitk.ReadImage(str(fixed_path))
+        moving = sitk.ReadImage(str(moving_path)) if args.method == "simpleitk" else None  # elastix reads its own
         fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "fixed_labels" / f"{n}.nii.gz")))
         moving_labels = sitk.ReadImage(str(data_dir / "moving_labels" / f"{n}.nii.gz"))
         start, cpu_start = time.perf_counter(), time.process_time()
         if args.method == "elastix":
-            transform = register_pair_elastix(data_dir / "fixed_images" / f"{n}.nii.gz",
-                                              data_dir / "moving_images" / f"{n}.nii.gz", args.threads)
+            transform = register_pair_elastix(fixed_path, moving_path, args.threads)
         else:
             transform = register_pair(fixed, moving, args.linear)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

@@ -62,8 +62,7 @@ def _fit(args) -> int:
     evaluate_fn = validation_callback(data, STAGES[cfg.stage])
     path = train(cfg, data, resume=args.resume, evaluate_fn=evaluate_fn)
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():  # torchrun: leave together, then tear down
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():  # torchrun: train() left the ranks in step
         dist.destroy_process_group()
     print(f"checkpoint: {path}")
     return 0

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 from labelreg._sitk import sitk
 from labelreg.errors import LabelRegError
-from labelreg.grid import Grid
 
 
 def _itk():
@@ -24,10 +23,9 @@ def _itk():
     return itk
 
 
-def parameter_maps(itk, grid_spacing_mm: float = 16.0, iterations: int = 256, bspline: bool = True,
-                   linear: str = "affine"):
+def parameter_maps(itk, grid_spacing_mm: float = 16.0, iterations: int = 256, bspline: bool = True):
     params = itk.ParameterObject.New()
-    affine = params.GetDefaultParameterMap(linear, 3)
+    affine = params.GetDefaultParameterMap("affine", 3)
     affine["AutomaticTransformInitialization"] = ["true"]
     affine["AutomaticTransformInitializationMethod"] = ["GeometricalCenter"]
     for p in (affine, params.GetDefaultParameterMap("bspline", 3, grid_spacing_mm)) if bspline else (affine,):
@@ -38,19 +36,14 @@ def parameter_maps(itk, grid_spacing_mm: float = 16.0, iterations: int = 256, bs
 
 
 def register_pair_elastix(fixed_path: Path, moving_path: Path, threads: int = 1,
-                          grid_spacing_mm: float = 16.0, iterations: int = 256, bspline: bool = True,
-                          linear: str = "affine", mask: bool = False) -> sitk.Transform:
+                          grid_spacing_mm: float = 16.0, iterations: int = 256, bspline: bool = True) -> sitk.Transform:
     """Affine + B-spline by mutual information; returns a fixed-to-moving transform in LPS mm."""
     itk = _itk()
     fixed = itk.imread(str(fixed_path), itk.F)
     moving = itk.imread(str(moving_path), itk.F)
-    params = parameter_maps(itk, grid_spacing_mm, iterations, bspline, linear)
+    params = parameter_maps(itk, grid_spacing_mm, iterations, bspline)
     method = itk.ElastixRegistrationMethod.New(fixed, moving)
     method.SetParameterObject(params)
-    if mask:  # the ultrasound fan: voxels the probe imaged (an image property, not a label)
-        fan = itk.image_from_array((itk.array_from_image(fixed) > 0).astype("uint8"))
-        fan.CopyInformation(fixed)
-        method.SetFixedMask(fan)
     method.SetNumberOfThreads(threads)
     method.SetLogToConsole(False)
     method.UpdateLargestPossibleRegion()
@@ -62,12 +55,12 @@ def register_pair_elastix(fixed_path: Path, moving_path: Path, threads: int = 1,
         transformix.SetLogToConsole(False)
         transformix.UpdateLargestPossibleRegion()
         field = transformix.GetOutputDeformationField()
-    grid = Grid.from_sitk(sitk.ReadImage(str(fixed_path)))
+    size = tuple(int(n) for n in itk.size(fixed))
     ddf_mm = np.asarray(itk.array_from_image(field), dtype=np.float64)  # (z, y, x, 3), LPS mm
-    if ddf_mm.shape[:3] != tuple(reversed(grid.size)):
-        raise LabelRegError(f"elastix returned a {ddf_mm.shape[:3]} field for a {grid.size} fixed image")
-    image = sitk.GetImageFromArray(ddf_mm, isVector=True)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
+    if ddf_mm.shape[:3] != size[::-1]:
+        raise LabelRegError(f"elastix returned a {ddf_mm.shape[:3]} field for a {size} fixed image")
+    image = sitk.GetImageFromArray(ddf_mm, isVector=True)  # on the fixed grid, as transformix computed it
+    image.SetSpacing(tuple(field.GetSpacing()))
+    image.SetOrigin(tuple(field.GetOrigin()))
+    image.SetDirection(itk.array_from_matrix(field.GetDirection()).ravel().tolist())
     return sitk.DisplacementFieldTransform(image)

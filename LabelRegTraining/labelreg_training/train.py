@@ -277,6 +277,8 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     save()
     if progress is not None:
         progress.close()
+    if world > 1:
+        dist.barrier()  # every rank returns once rank 0's final checkpoint is written
     return ckpt_path
 
 
