@@ -174,6 +174,39 @@ def test_time_budget_ends_the_stage_and_anneals_the_learning_rate(dataset, tmp_p
     assert float(last[5]) < 0.1 * by_steps  # the cosine followed the clock to its end
 
 
+def test_residual_misalignment_is_composed_after_the_global_net(dataset, tmp_path):
+    """The residual augmentation shows the local net a misalignment the (frozen) global net
+    cannot undo: at a zero local field it raises the local-stage loss, and the global stage
+    never draws it."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    residual = {**NO_AUGMENT, "residual_rotation_deg": 10.0, "residual_scale": 0.05, "residual_translation_mm": 6.0}
+    model = RegistrationModel(ModelConfig.from_dict(SMALL_MODEL))
+    plain = _fixed_batch_loss(model, _config(tmp_path, stage="local"), dataset)
+    shaken = _fixed_batch_loss(model, _config(tmp_path, stage="local", augment=residual), dataset)
+    assert shaken > plain + 0.02
+    assert _fixed_batch_loss(model, _config(tmp_path, augment=residual), dataset) == pytest.approx(
+        _fixed_batch_loss(model, _config(tmp_path), dataset), abs=1e-7)
+
+
+def test_forward_pair_composes_the_residual_after_the_affine():
+    from labelreg.grid import Grid
+    from labelreg.model import ModelConfig, RegistrationModel
+    from labelreg_training.augment import AugmentConfig, random_affine
+    grid = Grid((12, 11, 10), SPACING, (3.0, -2.0, 5.0), direction=tuple(np.linalg.qr(
+        np.random.default_rng(0).normal(size=(3, 3)))[0].T.ravel()))
+    model = RegistrationModel(ModelConfig.from_dict(SMALL_MODEL)).eval()
+    torch.nn.init.normal_(model.global_net.head.weight, std=1e-3)  # a non-identity affine
+    g = torch.Generator().manual_seed(0)
+    fixed, moving = torch.rand(2, 1, 10, 11, 12, generator=g), torch.rand(2, 1, 10, 11, 12, generator=g)
+    residual = random_affine(2, grid.center_lps, AugmentConfig(rotation_deg=10, scale=0.1, translation_mm=5), g)
+    initial = torch.eye(4).repeat(2, 1, 1)
+    with torch.no_grad():
+        affine, _, _, _ = model.forward_pair(fixed, grid, moving, grid, initial, "affine")
+        shaken, ddf, _, _ = model.forward_pair(fixed, grid, moving, grid, initial, "deformable", residual_lps=residual)
+    assert torch.allclose(shaken, affine @ residual, atol=1e-5)
+    assert ddf.shape[-1] == 3
+
+
 @pytest.mark.parametrize("stage", ["global", "local"])
 def test_resume_continues_bit_for_bit(dataset, tmp_path, stage):
     augment = {**NO_AUGMENT, "rotation_deg": 5.0, "noise": 0.02}
@@ -226,6 +259,18 @@ def test_export_writes_a_loadable_model_with_metadata(dataset, tmp_path):
     assert meta["metrics"][0]["tre_median_mm"] == 5.0 and meta["checkpoint_step"] == 2
     assert meta["config"]["global_net"]["base_channels"] == 4
     assert not model.training
+
+
+def test_evaluate_can_measure_the_training_cases(dataset):
+    """``evaluate --split training`` sees exactly the cases the fold trained on."""
+    from labelreg.errors import LabelRegError
+    from labelreg_training.data import split_cases, validation_cases
+    _, val = validation_cases(dataset.data_dir, 3, 0)
+    _, trained = validation_cases(dataset.data_dir, 3, 0, split="training")
+    assert trained == split_cases(dataset.subjects, 3, 0, tune_fraction=TrainConfig().tune_fraction)[0]
+    assert trained and not set(trained) & set(val)
+    with pytest.raises(LabelRegError, match="split must be"):
+        validation_cases(dataset.data_dir, 3, 0, split="tuning")
 
 
 def test_tuning_split_is_taken_from_training_subjects_only():

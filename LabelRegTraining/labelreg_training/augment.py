@@ -23,6 +23,22 @@ class AugmentConfig:
     deformation_points: int = 4
     gamma: float = 0.25
     noise: float = 0.03
+    #: random misalignment composed *after* the global net (local and joint stages): the frozen
+    #: global net fits its training pairs far better than unseen ones, so without it the local
+    #: net only ever sees the small residuals of training pairs. 0 switches it off.
+    residual_rotation_deg: float = 0.0
+    residual_scale: float = 0.0
+    residual_translation_mm: float = 0.0
+
+    @property
+    def residual(self) -> AugmentConfig:
+        """The misalignment after the global net, as a config for :func:`random_affine`."""
+        return AugmentConfig(rotation_deg=self.residual_rotation_deg, scale=self.residual_scale,
+                             translation_mm=self.residual_translation_mm)
+
+    @property
+    def has_residual(self) -> bool:
+        return any((self.residual_rotation_deg, self.residual_scale, self.residual_translation_mm))
 
 
 def random_affine(batch: int, centre, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:

@@ -76,7 +76,7 @@ def _evaluate(args) -> int:
     from .data import validation_cases
     from .evaluate import evaluate_model, load_pairs
 
-    data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed)
+    data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed, args.split)
     if args.checkpoint:
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
@@ -89,7 +89,8 @@ def _evaluate(args) -> int:
         print(f"{r['case']}: {format_metrics(r)}")
     print(f"{args.mode} on {len(rows)} cases: {format_metrics(summary)}, {summary['seconds_per_pair']:.3f} s/pair")
     if args.json:
-        out = {"mode": args.mode, "label": args.label, "fold": args.fold, "folds": args.folds, "checkpoint": args.checkpoint,
+        out = {"mode": args.mode, "label": args.label, "fold": args.fold, "folds": args.folds, "split": args.split,
+               "checkpoint": args.checkpoint,
                "summary": summary, "rows": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--folds", type=int, default=5)
         p.add_argument("--fold", type=int, default=0)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--split", default="validation", choices=["validation", "training"],
+                       help="evaluate: the fold's validation cases, or the cases it trained on (tuning share 0.15 "
+                            "excluded) to measure the overfit")
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")

@@ -74,10 +74,18 @@ def kfold_by_subject(subjects: dict, folds: int, fold: int, seed: int = 0) -> tu
     return sorted(train), sorted(val)
 
 
-def validation_cases(data_dir, folds: int, fold: int, seed: int = 0) -> tuple:
-    """(resolved data folder, the case names of validation fold ``fold``; every case for ``folds <= 1``)."""
+def validation_cases(data_dir, folds: int, fold: int, seed: int = 0, split: str = "validation",
+                     tune_fraction: float = 0.15) -> tuple:
+    """(resolved data folder, the case names of validation fold ``fold``; every case for ``folds <= 1``).
+
+    ``split="training"`` gives instead the cases that fold trained on (tuning subjects excluded,
+    as :func:`split_cases` with ``tune_fraction``): the gap between the two is the overfit."""
     data_dir = resolve_data_dir(data_dir)
     names = case_names(data_dir)
+    if split == "training":
+        return data_dir, split_cases(read_subjects(data_dir, names), folds, fold, seed, tune_fraction)[0]
+    if split != "validation":
+        raise LabelRegError(f"split must be 'validation' or 'training', got {split!r}")
     if folds > 1:
         _, names = kfold_by_subject(read_subjects(data_dir, names), folds, fold, seed)
     return data_dir, names

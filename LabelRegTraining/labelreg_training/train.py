@@ -97,9 +97,11 @@ class LossModule(nn.Module):
         fixed = augment.intensity(fixed, aug, gen)
         moving = augment.intensity(moving, aug, gen)
         initial = r_moving @ self.initial.to(dev)
+        residual = (augment.random_affine(b, self.fixed_grid.center_lps, aug.residual, gen).to(dev)
+                    if aug.has_residual and STAGES[cfg.stage] != "affine" else None)
         affine, ddf, net_grid, _ = model.forward_pair(
             fixed, self.fixed_grid, moving, self.moving_grid, initial, STAGES[cfg.stage],
-            fixed_points_lps=fixed_points, train_global=cfg.stage != "local")
+            fixed_points_lps=fixed_points, train_global=cfg.stage != "local", residual_lps=residual)
         warped = sample(moving_label, self.moving_grid, transform_points(affine, points, ddf)).clamp(0, 1)
         target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
         spacing = net_grid.spacing

@@ -90,6 +90,7 @@ class RegistrationModel(nn.Module):
         mode: str = "deformable",
         fixed_points_lps: torch.Tensor | None = None,
         train_global: bool = True,
+        residual_lps: torch.Tensor | None = None,
     ):
         """Register a batch of pairs.
 
@@ -102,6 +103,9 @@ class RegistrationModel(nn.Module):
             fixed_points_lps: where to sample the fixed image for the network grid, (B, D, H, W, 3)
                 (training uses this for augmentation); default: the network grid points.
             train_global: when False the global net runs without gradients (local stage).
+            residual_lps: (B, 4, 4) training only: a misalignment composed after the global
+                net and before the local net (``affine_lps @ residual_lps``), which the local
+                net has to undo.
 
         Returns:
             (affine_lps (B, 4, 4), ddf_lps (B, D, H, W, 3) or None, net_grid, fixed_net) where
@@ -122,6 +126,8 @@ class RegistrationModel(nn.Module):
             return affine_lps, None, net_grid, fixed_net
         if not train_global:
             affine_lps = affine_lps.detach()
+        if residual_lps is not None:
+            affine_lps = affine_lps @ residual_lps.to(affine_lps.dtype)
         moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
         ddf_grid = self.local_net(torch.cat([fixed_net, moving_net], dim=1))
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
