@@ -273,6 +273,19 @@ def test_evaluate_can_measure_the_training_cases(dataset):
         validation_cases(dataset.data_dir, 3, 0, split="tuning")
 
 
+def test_run_seed_changes_the_weights_but_not_the_split(dataset, tmp_path):
+    runs = []
+    for run_seed in (0, 1):
+        cfg = _config(tmp_path / str(run_seed), steps=2, folds=3, run_seed=run_seed)
+        train(cfg, dataset, log=lambda *_: None)
+        config = json.loads((tmp_path / str(run_seed) / "run" / "config.json").read_text())
+        runs.append((config["train_cases"], config["val_cases"],
+                     torch.load(tmp_path / str(run_seed) / "run" / "checkpoint.pt", weights_only=True)["model"]))
+    assert runs[0][:2] == runs[1][:2]
+    key = "global_net.encoder.blocks.0.conv1.weight"
+    assert not torch.equal(runs[0][2][key], runs[1][2][key])
+
+
 def test_tuning_split_is_taken_from_training_subjects_only():
     from labelreg_training.data import split_cases
     subjects = {f"c{i:02d}": f"s{i // 2}" for i in range(40)}

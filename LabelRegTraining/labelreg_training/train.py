@@ -41,7 +41,10 @@ class TrainConfig:
     lr_final: float = 3e-5
     folds: int = 5
     fold: int = 0
+    #: seeds the subject split (and, with ``run_seed``, the weights and the draws)
     seed: int = 0
+    #: another initialisation and draw order on the same split (members of an ensemble)
+    run_seed: int = 0
     dice_weight: float = 1.0
     #: smoothed, label-balanced cross-entropy; off by default: on the MR-TRUS fold-0 runs it made
     #: training unstable (local-only, fold-0 validation TRE 16.6 mm vs 9.0 mm with Dice alone at step 1200)
@@ -184,7 +187,8 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     cases = [replace(c, fixed=c.fixed.to(device), moving=c.moving.to(device), fixed_labels=c.fixed_labels.to(device),
                      moving_labels=c.moving_labels.to(device)) for c in data.subset(train_cases)]
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
+    run = cfg.seed + 1000 * cfg.run_seed
+    torch.manual_seed(run)  # the same initial weights on every rank and every rerun
     model = RegistrationModel(ModelConfig.from_dict(cfg.model))
     if cfg.init_from:
         state = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
@@ -242,7 +246,7 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     done = fraction_done()
     finished = step >= end or done >= 1
     while not finished:
-        gen = torch.Generator().manual_seed(((cfg.seed * 10 + stage_index) * 1_000_003 + step) * 64 + rank)
+        gen = torch.Generator().manual_seed(((run * 10 + stage_index) * 1_000_003 + step) * 64 + rank)
         lr = learning_rate(cfg, step, done)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
