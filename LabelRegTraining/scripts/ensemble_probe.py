@@ -39,7 +39,8 @@ def main():
     p.add_argument("data")
     p.add_argument("fold", type=int)
     p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--json")
+    p.add_argument("--json", help="write the ensemble's rows and summary here")
+    p.add_argument("--label", default="global only, mean of the nets")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +55,7 @@ def main():
         rows, summary = evaluate_model(model, pairs, "affine", hd95=False)
         print(f"fold {args.fold} {name}: {format_metrics(summary)}")
         out[name] = {"summary": summary, "rows": rows, "mode": "affine", "fold": args.fold, "folds": 5,
-                     "label": "global only, mean of two nets" if name == "ensemble" else name}
+                     "label": args.label if name == "ensemble" else name}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out["ensemble"], f, indent=2, default=float)
