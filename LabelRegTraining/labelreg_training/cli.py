@@ -71,16 +71,15 @@ def _fit(args) -> int:
 def _evaluate(args) -> int:
     import torch
     from labelreg.metrics import format_metrics
-    from labelreg.model import ModelConfig, RegistrationModel
+    from labelreg.model import RegistrationModel
 
     from .data import validation_cases
     from .evaluate import evaluate_model, load_pairs
+    from .train import load_checkpoint
 
     data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed, args.split)
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
-        model.load_state_dict(state["model"])
+        model, _ = load_checkpoint(args.checkpoint)
     else:
         model = RegistrationModel()  # untrained: the initial alignment only
     torch.set_num_threads(args.threads)
@@ -141,6 +140,7 @@ def _baseline(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import TUNE_FRACTION
     parser = argparse.ArgumentParser(prog="labelreg-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fold", type=int, default=0)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--split", default="validation", choices=["validation", "training"],
-                       help="evaluate: the fold's validation cases, or the cases it trained on (tuning share 0.15 "
-                            "excluded) to measure the overfit")
+                       help="evaluate: the fold's validation cases, or the cases it trained on (the default tuning "
+                            f"share, {TUNE_FRACTION}, excluded) to measure the overfit")
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")

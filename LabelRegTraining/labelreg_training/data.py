@@ -23,6 +23,8 @@ from labelreg.model import normalize_intensity
 
 FOLDERS = ("fixed_images", "moving_images", "fixed_labels", "moving_labels")
 CACHE_VERSION = 2
+#: default share of the training subjects held out to pick checkpoints
+TUNE_FRACTION = 0.15
 
 
 def resolve_data_dir(path=None) -> Path:
@@ -75,7 +77,7 @@ def kfold_by_subject(subjects: dict, folds: int, fold: int, seed: int = 0) -> tu
 
 
 def validation_cases(data_dir, folds: int, fold: int, seed: int = 0, split: str = "validation",
-                     tune_fraction: float = 0.15) -> tuple:
+                     tune_fraction: float = TUNE_FRACTION) -> tuple:
     """(resolved data folder, the case names of validation fold ``fold``; every case for ``folds <= 1``).
 
     ``split="training"`` gives instead the cases that fold trained on (tuning subjects excluded,

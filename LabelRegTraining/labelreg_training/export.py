@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from labelreg.model import ModelConfig, RegistrationModel
 from labelreg.model_io import BUNDLED_MODEL, save_model
 
 from .data import case_names, resolve_data_dir
+from .train import load_checkpoint
 
 
 def _git_commit() -> str:
@@ -24,9 +24,7 @@ def _git_commit() -> str:
 
 
 def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=()) -> Path:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
+    model, state = load_checkpoint(checkpoint)
     run_dir = Path(checkpoint).parent
     train_config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     metadata = {

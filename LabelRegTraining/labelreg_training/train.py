@@ -24,7 +24,7 @@ from labelreg.warp import sample
 from torch import nn
 
 from . import augment, losses
-from .data import Dataset, split_cases
+from .data import TUNE_FRACTION, Dataset, split_cases
 
 STAGES = {"global": "affine", "local": "deformable", "joint": "deformable", "local_only": "local"}
 
@@ -65,7 +65,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 250
     #: share of the training subjects held out to pick the best checkpoint (never the validation fold)
-    tune_fraction: float = 0.15
+    tune_fraction: float = TUNE_FRACTION
     threads: int = 2
     device: str = "auto"
     augment: dict = field(default_factory=lambda: asdict(augment.AugmentConfig()))
@@ -160,6 +160,14 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float | None = None) ->
 def _atomic_torch_save(obj, path: Path):
     with AtomicFile(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_checkpoint(path) -> tuple:
+    """(model with the checkpoint's weights, the checkpoint dict) from a training checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model, state
 
 
 def _distributed() -> tuple:

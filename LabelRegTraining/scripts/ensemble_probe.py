@@ -11,9 +11,9 @@ import json
 
 import torch
 from labelreg.metrics import format_metrics
-from labelreg.model import ModelConfig, RegistrationModel
 from labelreg_training.data import validation_cases
 from labelreg_training.evaluate import evaluate_model, load_pairs
+from labelreg_training.train import load_checkpoint
 from torch import nn
 
 
@@ -25,13 +25,6 @@ class MeanGlobal(nn.Module):
 
     def forward(self, x):
         return torch.stack([n(x) for n in self.nets]).mean(0)
-
-
-def load(path):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def main():
@@ -46,19 +39,18 @@ def main():
     torch.set_num_threads(args.threads)
     data_dir, names = validation_cases(args.data, 5, args.fold)
     pairs = load_pairs(data_dir, names)
-    models = [load(c) for c in args.checkpoints]
-    out = {}
-    for name, model in [*zip(args.checkpoints, models), ("ensemble", None)]:
-        if model is None:
-            model = models[0]
-            model.global_net = MeanGlobal([m.global_net for m in models])
-        rows, summary = evaluate_model(model, pairs, "affine", hd95=False)
-        print(f"fold {args.fold} {name}: {format_metrics(summary)}")
-        out[name] = {"summary": summary, "rows": rows, "mode": "affine", "fold": args.fold, "folds": 5,
-                     "label": args.label if name == "ensemble" else name}
+    models = [load_checkpoint(c)[0].eval() for c in args.checkpoints]
+    for path, model in zip(args.checkpoints, models):
+        _, summary = evaluate_model(model, pairs, "affine", hd95=False)
+        print(f"fold {args.fold} {path}: {format_metrics(summary)}")
+    ensemble = models[0]  # its local net is unused in affine mode
+    ensemble.global_net = MeanGlobal([m.global_net for m in models])
+    rows, summary = evaluate_model(ensemble, pairs, "affine", hd95=False)
+    print(f"fold {args.fold} ensemble: {format_metrics(summary)}")
     if args.json:
+        out = {"summary": summary, "rows": rows, "mode": "affine", "fold": args.fold, "folds": 5, "label": args.label}
         with open(args.json, "w") as f:
-            json.dump(out["ensemble"], f, indent=2, default=float)
+            json.dump(out, f, indent=2, default=float)
 
 
 if __name__ == "__main__":
