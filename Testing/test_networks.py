@@ -99,3 +99,87 @@ def test_gradients_reach_both_networks():
     assert local.encoder.blocks[0].conv1.weight.grad.abs().sum() > 0
     assert all(conv.weight.grad.abs().sum() > 0 for conv in local.outputs)
     assert global_.head.bias.grad.abs().sum() > 0 and global_.head.weight.grad.abs().sum() > 0
+
+
+# ---- keypoint head -------------------------------------------------------------------------
+
+def test_keypoint_head_starts_at_identity_and_learns():
+    torch.manual_seed(0)
+    net = GlobalNet(base_channels=4, levels=3, head="keypoints", keypoints=8, keypoint_level=1)
+    x = inputs((2, 2, 16, 20, 12))
+    out = net(x)
+    assert out.shape == (2, 12)
+    assert torch.allclose(out, torch.zeros(2, 12), atol=1e-6)
+    out.square().sum().backward()  # zero there, but a target elsewhere pulls on the head
+    (net(x)[:, 9] - 0.1).square().sum().backward()
+    assert net.head.weight.grad.abs().sum() > 0
+
+
+def test_keypoint_head_config_round_trips_and_rejects_bad_values():
+    net = GlobalNet(base_channels=4, levels=3, head="keypoints", keypoints=6, keypoint_level=2, ridge=0.1)
+    again = GlobalNet(**net.config)
+    assert again.config == net.config and again.head.out_channels == 12
+    assert "head" not in GlobalNet(base_channels=4, levels=3).config  # old metadata stays as it was
+    with pytest.raises(ValueError, match="head must be"):
+        GlobalNet(head="mlp")
+    with pytest.raises(ValueError, match="keypoint_level"):
+        GlobalNet(levels=3, head="keypoints", keypoint_level=3)
+
+
+def test_fit_affine_params_recovers_an_affine_and_shrinks_to_identity():
+    from labelreg.networks import fit_affine_params
+    g = torch.Generator().manual_seed(1)
+    fixed = torch.rand(3, 10, 3, generator=g, dtype=torch.float64) - 0.5
+    linear = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    shift = 0.2 * torch.randn(3, 3, generator=g, dtype=torch.float64)
+    moving = fixed @ linear.transpose(1, 2) + shift[:, None]
+    params = fit_affine_params(fixed, moving, ridge=0.0)
+    assert torch.allclose(params[:, :9].view(3, 3, 3) + torch.eye(3, dtype=torch.float64), linear, atol=1e-9)
+    assert torch.allclose(params[:, 9:], shift, atol=1e-9)
+    # coincident points: the identity whatever the ridge; a huge ridge: the identity whatever the points
+    assert torch.allclose(fit_affine_params(fixed, fixed, ridge=1e-2), torch.zeros(3, 12, dtype=torch.float64))
+    assert fit_affine_params(fixed, moving, ridge=1e9).abs().max() < 1e-6
+
+
+def test_keypoint_affine_maps_fixed_points_onto_moving_points_in_lps():
+    """Peaked heatmaps at known voxels of an oblique network grid built from an anisotropic
+    fixed grid: the affine from the fitted parameters takes each fixed point's LPS position to
+    its moving point's LPS position."""
+    from labelreg.networks import fit_affine_params, soft_argmax_points
+    from labelreg.transforms import affine_from_params
+    fixed_grid = Grid((40, 30, 24), (0.8, 1.3, 2.1), (5.0, -3.0, 12.0), tuple(rotation_matrix((0.3, -0.5, 0.8), 0.6).ravel()))
+    net_grid = fixed_grid.resampled(3.0, multiple=8)
+    nz, ny, nx = net_grid.shape_zyx
+    g = np.random.default_rng(0)
+    fixed_ijk = g.integers(2, [nx - 2, ny - 2, nz - 2], size=(12, 3))
+    true_linear = np.eye(3) + 0.05 * g.standard_normal((3, 3))
+    centre = (np.array([nx, ny, nz]) - 1) / 2
+    moving_ijk = np.rint((fixed_ijk - centre) @ true_linear.T + centre + [1, -2, 1]).astype(int)
+    moving_ijk = np.clip(moving_ijk, 0, [nx - 1, ny - 1, nz - 1])
+    logits = torch.full((1, 24, nz, ny, nx), -1e4, dtype=torch.float64)
+    for c, (i, j, k) in enumerate(np.concatenate([fixed_ijk, moving_ijk])):
+        logits[0, c, k, j, i] = 0.0
+    points = soft_argmax_points(logits, 1, (nz, ny, nx))
+    params = fit_affine_params(points[:, :12], points[:, 12:], ridge=0.0)
+    affine = affine_from_params(params, net_grid)[0].numpy()
+    to_lps = net_grid.index_to_lps
+    fixed_lps = fixed_ijk @ to_lps[:3, :3].T + to_lps[:3, 3]
+    moving_lps = moving_ijk @ to_lps[:3, :3].T + to_lps[:3, 3]
+    fitted = fixed_lps @ affine[:3, :3].T + affine[:3, 3]
+    # the least-squares residual in voxels, scaled to mm, is what an exact check can compare
+    linear, *_ = np.linalg.lstsq(np.c_[fixed_ijk, np.ones(12)], moving_ijk, rcond=None)
+    expected = np.c_[fixed_ijk, np.ones(12)] @ linear
+    expected_lps = expected @ to_lps[:3, :3].T + to_lps[:3, 3]
+    assert np.allclose(fitted, expected_lps, atol=1e-6)
+    assert np.abs(fitted - moving_lps).max() < 3.0 * 1.5  # rounding to voxels of 3 mm
+
+
+def test_soft_argmax_on_a_pooled_level_finds_the_input_voxel():
+    from labelreg.networks import soft_argmax_points
+    shape = (16, 24, 8)
+    logits = torch.full((1, 1, 4, 6, 2), -1e4)
+    logits[0, 0, 1, 2, 0] = 0.0  # cell covering input voxels z 4..7, y 8..11, x 0..3
+    point = soft_argmax_points(logits, 4, shape)[0, 0]
+    scale = sum(shape) / 6
+    expected = (torch.tensor([1.5, 9.5, 5.5]) - (torch.tensor([8, 24, 16]) - 1) / 2) / scale
+    assert torch.allclose(point, expected)

@@ -92,27 +92,98 @@ def _check_input(x: torch.Tensor, name: str):
         raise ValueError(f"{name} expects (B, 2, D, H, W) fixed+moving images, got {tuple(x.shape)}")
 
 
-class GlobalNet(nn.Module):
-    """Encoder -> adaptive average pooling to a small ``pooled_size`` (z, y, x) grid, which keeps
-    the coarse spatial layout an affine needs -> linear layer with 12 outputs, zero-initialised
-    so that the predicted affine is the identity before training."""
+HEADS = ("dense", "keypoints")
 
-    def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3), norm: str = "instance"):
+
+class GlobalNet(nn.Module):
+    """Encoder -> 12 affine parameters, exactly the identity before training.
+
+    Two heads read the encoder:
+
+    * ``"dense"`` (the paper's): adaptive average pooling to a small ``pooled_size`` (z, y, x)
+      grid, which keeps the coarse spatial layout an affine needs, then a zero-initialised
+      linear layer.
+    * ``"keypoints"``: a 1x1 convolution on encoder level ``keypoint_level`` gives ``2 K``
+      heatmaps; their soft-argmax are K points in the fixed image and K in the moving image,
+      and the affine is the least-squares fit between them (ridge ``ridge`` towards the
+      identity). Both sets come from the same concatenated input. The moving maps start as
+      copies of the fixed maps, so the points coincide and the fit is the identity at
+      initialisation. An affine read from point pairs follows the content when it moves, which
+      a dense layer on pooled features has to learn from examples.
+
+    Points are in voxels of the (isotropic) network grid, centred on the grid centre and
+    divided by the mean half size, the units of :func:`labelreg.transforms.affine_from_params`.
+    """
+
+    def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3), norm: str = "instance",
+                 head: str = "dense", keypoints: int = 32, keypoint_level: int = 2, ridge: float = 1e-2):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "keypoints" and not 0 <= keypoint_level < levels:
+            raise ValueError(f"keypoint_level must be in [0, {levels - 1}], got {keypoint_level}")
         self.config = {"base_channels": base_channels, "levels": levels, "pooled_size": list(pooled_size), "norm": norm}
+        if head != "dense":
+            self.config.update(head=head, keypoints=keypoints, keypoint_level=keypoint_level, ridge=ridge)
         self.encoder = Encoder(2, base_channels, levels, norm)
         self.pooled_size = tuple(int(n) for n in pooled_size)
-        self.head = nn.Linear(self.encoder.channels[-1] * int(torch.tensor(self.pooled_size).prod()), 12)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head_kind, self.keypoints, self.keypoint_level, self.ridge = head, keypoints, keypoint_level, ridge
+        if head == "dense":
+            self.head = nn.Linear(self.encoder.channels[-1] * int(torch.tensor(self.pooled_size).prod()), 12)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Conv3d(self.encoder.channels[keypoint_level], 2 * keypoints, 1)
+            with torch.no_grad():  # moving maps = fixed maps at initialisation: identity affine
+                self.head.weight[keypoints:] = self.head.weight[:keypoints]
+                self.head.bias[keypoints:] = self.head.bias[:keypoints]
         self.multiple = 2 ** (levels - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, D, H, W) -> (B, 12) affine parameters (zeros = identity)."""
         _check_input(x, "GlobalNet")
-        x, _ = _pad_to_multiple(x, self.multiple)
-        features = F.adaptive_avg_pool3d(self.encoder(x)[-1], self.pooled_size)
-        return self.head(features.flatten(1))
+        x, shape = _pad_to_multiple(x, self.multiple)
+        if self.head_kind == "dense":
+            features = F.adaptive_avg_pool3d(self.encoder(x)[-1], self.pooled_size)
+            return self.head(features.flatten(1))
+        features = self.encoder(x)[self.keypoint_level]
+        points = soft_argmax_points(self.head(features), 2**self.keypoint_level, shape)
+        fixed_points, moving_points = points[:, : self.keypoints], points[:, self.keypoints:]
+        return fit_affine_params(fixed_points, moving_points, self.ridge)
+
+
+def soft_argmax_points(logits: torch.Tensor, stride: int, shape) -> torch.Tensor:
+    """Expected position of each heatmap, (B, C, d, h, w) -> (B, C, 3) in (i, j, k) order.
+
+    The maps sit on a level pooled ``stride`` times from an input of size ``shape`` (z, y, x);
+    cell ``n`` covers input voxels ``stride n .. stride (n + 1) - 1``. Positions are in input
+    voxels from the input's centre, divided by the mean half size ``mean(shape) / 2``.
+    """
+    b, c = logits.shape[:2]
+    weights = torch.softmax(logits.flatten(2), dim=-1).view_as(logits)
+    scale = sum(shape) / 6.0
+    coords = []
+    for axis in (4, 3, 2):  # x (i), y (j), z (k)
+        n = logits.shape[axis]
+        centres = (torch.arange(n, dtype=logits.dtype, device=logits.device) + 0.5) * stride - 0.5
+        centres = (centres - (shape[axis - 2] - 1) / 2.0) / scale
+        other = [d for d in (2, 3, 4) if d != axis]
+        coords.append((weights.sum(dim=other) * centres).sum(-1))
+    return torch.stack(coords, dim=-1).view(b, c, 3)
+
+
+def fit_affine_params(fixed_points: torch.Tensor, moving_points: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Least-squares affine taking ``fixed_points`` to ``moving_points`` (both (B, K, 3)),
+    with a ridge of weight ``ridge`` towards the identity, as the 12 parameters of
+    :func:`labelreg.transforms.affine_from_params` (row-major ``L - I``, then translation)."""
+    b, k, _ = fixed_points.shape
+    ones = torch.ones(b, k, 1, dtype=fixed_points.dtype, device=fixed_points.device)
+    x = torch.cat([fixed_points, ones], dim=-1)                    # (B, K, 4)
+    eye = torch.eye(4, 3, dtype=x.dtype, device=x.device).expand(b, 4, 3)
+    normal = x.transpose(1, 2) @ x + ridge * torch.eye(4, dtype=x.dtype, device=x.device)
+    m = torch.linalg.solve(normal, x.transpose(1, 2) @ moving_points + ridge * eye)   # y = x @ m
+    linear = m[:, :3].transpose(1, 2) - torch.eye(3, dtype=x.dtype, device=x.device)
+    return torch.cat([linear.reshape(b, 9), m[:, 3]], dim=1)
 
 
 class LocalNet(nn.Module):
