@@ -207,12 +207,12 @@ def test_forward_pair_composes_the_residual_after_the_affine():
     assert ddf.shape[-1] == 3
 
 
-@pytest.mark.parametrize("stage", ["global", "local"])
-def test_resume_continues_bit_for_bit(dataset, tmp_path, stage):
+@pytest.mark.parametrize("stage,ema_decay", [("global", 0.0), ("local", 0.0), ("global", 0.9)])
+def test_resume_continues_bit_for_bit(dataset, tmp_path, stage, ema_decay):
     augment = {**NO_AUGMENT, "rotation_deg": 5.0, "noise": 0.02}
-    straight = _config(tmp_path / "a", stage=stage, augment=augment)
+    straight = _config(tmp_path / "a", stage=stage, augment=augment, ema_decay=ema_decay)
     train(straight, dataset, log=lambda *_: None)
-    interrupted = _config(tmp_path / "b", stage=stage, augment=augment)
+    interrupted = _config(tmp_path / "b", stage=stage, augment=augment, ema_decay=ema_decay)
     train(interrupted, dataset, log=lambda *_: None, stop_after=3)
     train(interrupted, dataset, resume=True, log=lambda *_: None)
     a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=True)
@@ -220,7 +220,33 @@ def test_resume_continues_bit_for_bit(dataset, tmp_path, stage):
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+        if ema_decay:
+            assert torch.equal(a["ema"][key], b["ema"][key]), key
     assert (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()[1:] != []
+
+
+def test_ema_weights_are_averaged_evaluated_and_picked(dataset, tmp_path):
+    """With ema_decay the tuning evaluation sees the averaged weights, best.pt holds them, and
+    the training weights are restored after each evaluation."""
+    from labelreg_training.train import update_ema
+    seen = []
+
+    def record(model, cases):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"tune_tre_median_mm": 1.0, "tune_tre_p90_mm": 1.0, "tune_dice_median": 0.5, "tune_dice_p10": 0.5}
+
+    cfg = _config(tmp_path, steps=6, log_every=6, val_every=6, tune_fraction=0.3, ema_decay=0.5)
+    train(cfg, dataset, log=lambda *_: None, evaluate_fn=record)
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    key = "global_net.head.weight"
+    assert torch.equal(seen[0][key], last["ema"][key]) and torch.equal(best["model"][key], last["ema"][key])
+    assert not torch.equal(last["model"][key], last["ema"][key])  # training went on with its own weights
+    # the update itself: halfway at decay 0.5, integers copied
+    model = torch.nn.Linear(2, 1)
+    ema = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    update_ema(ema, model, 0.5)
+    assert torch.allclose(ema["weight"], 0.5 * model.weight)
 
 
 def _ddp_worker(rank, world, port, data_dir, cache, out):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +56,9 @@ class TrainConfig:
     gland_draw_weight: float = 2.0
     #: the affine head sees thousands of pooled features: a smaller step keeps the affine stable
     head_lr_scale: float = 0.03
+    #: exponential moving average of the weights (0: off). Tuning evaluations and best.pt use the
+    #: averaged weights; the checkpoint keeps both, so a resume continues exactly.
+    ema_decay: float = 0.0
     init_from: str = ""
     #: wall-clock budget of the stage in minutes (0: none). The stage ends at ``steps`` or when the
     #: budget is spent, whichever comes first, and the learning rate decays with whichever is further
@@ -170,6 +174,30 @@ def load_checkpoint(path) -> tuple:
     return model, state
 
 
+def update_ema(ema: dict, model: nn.Module, decay: float):
+    """``ema <- decay * ema + (1 - decay) * weights`` for floating-point entries; others copied."""
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                ema[key].lerp_(value, 1.0 - decay)
+            else:
+                ema[key].copy_(value)
+
+
+@contextmanager
+def weights_swapped(model: nn.Module, weights: dict | None):
+    """Run the block with ``weights`` loaded into ``model`` (no-op for None), then restore."""
+    if weights is None:
+        yield
+        return
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        model.load_state_dict(live)
+
+
 def _distributed() -> tuple:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -208,10 +236,13 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     optimizer = torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": head, "lr_scale": cfg.head_lr_scale}],
                                  lr=cfg.lr)
     step, seconds_before = 0, 0.0
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema_decay else None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema = {k: v.to(device) for k, v in state["ema"].items()}
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
         log(f"resumed {ckpt_path} at step {step}")
     elif rank == 0:
@@ -227,11 +258,12 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     best_path = out / "best.pt"
     best = torch.load(best_path, weights_only=True)["score"] if resume and best_path.exists() else float("inf")
 
-    def save(path=ckpt_path, **extra):
+    def save(path=ckpt_path, weights=None, **extra):
         if rank == 0:
-            _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                "seconds": seconds(), "stage": cfg.stage, "model_config": model.config.to_dict(),
-                                **extra}, path)
+            averaged = {} if ema is None else {"ema": ema}
+            _atomic_torch_save({"model": weights or model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "step": step, "seconds": seconds(), "stage": cfg.stage,
+                                "model_config": model.config.to_dict(), **averaged, **extra}, path)
 
     stage_index = list(STAGES).index(cfg.stage)
     last_save, start, running = time.monotonic(), time.monotonic(), torch.zeros(4)
@@ -264,6 +296,8 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
         loss.backward()
         optimizer.step()
         step += 1
+        if ema is not None:
+            update_ema(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
         done = fraction_done()
         finished = step >= end or done >= 1
         running += torch.cat([loss.detach().cpu()[None], terms.cpu()])
@@ -277,12 +311,13 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
                    "ce": running[2].item() / n, "bending": running[3].item() / n,
                    "lr": lr, "seconds": round(seconds(), 1)}
             if evaluate_fn is not None and tune_cases and (step % cfg.val_every == 0 or last):
-                row.update(evaluate_fn(model, tune_cases))
+                with weights_swapped(model, ema):
+                    row.update(evaluate_fn(model, tune_cases))
                 set_trainable(model, cfg.stage)
                 score = selection_score(row)
                 if score < best:
                     best = score
-                    save(best_path, score=score)
+                    save(best_path, weights=ema, score=score)
             _append_log(log_path, row)
             running.zero_()
         if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
