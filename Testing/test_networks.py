@@ -183,3 +183,16 @@ def test_soft_argmax_on_a_pooled_level_finds_the_input_voxel():
     scale = sum(shape) / 6
     expected = (torch.tensor([1.5, 9.5, 5.5]) - (torch.tensor([8, 24, 16]) - 1) / 2) / scale
     assert torch.allclose(point, expected)
+
+
+def test_translation_only_global_net_keeps_the_linear_part():
+    torch.manual_seed(0)
+    for head in ("dense", "keypoints"):
+        net = GlobalNet(base_channels=4, levels=3, head=head, keypoints=4, keypoint_level=1, dof="translation")
+        nn.init.normal_(net.head.weight, std=0.1)  # far from the identity
+        out = net(inputs((2, 2, 16, 20, 12)))
+        assert torch.equal(out[:, :9], torch.zeros(2, 9)) and out[:, 9:].abs().min() > 0
+        assert GlobalNet(**net.config).config["dof"] == "translation"
+        assert "mask" not in net.state_dict()  # not a weight: old model files load unchanged
+    with pytest.raises(ValueError, match="dof must be"):
+        GlobalNet(dof="rigid")

@@ -93,6 +93,8 @@ def _check_input(x: torch.Tensor, name: str):
 
 
 HEADS = ("dense", "keypoints")
+#: what the global net may change: the full affine, or only the translation (params[:, 9:])
+DOFS = ("affine", "translation")
 
 
 class GlobalNet(nn.Module):
@@ -113,18 +115,27 @@ class GlobalNet(nn.Module):
 
     Points are in voxels of the (isotropic) network grid, centred on the grid centre and
     divided by the mean half size, the units of :func:`labelreg.transforms.affine_from_params`.
+
+    ``dof="translation"`` keeps only the three translation outputs (the linear part stays the
+    identity): fewer degrees of freedom to learn from few pairs.
     """
 
     def __init__(self, base_channels: int = 8, levels: int = 4, pooled_size=(3, 4, 3), norm: str = "instance",
-                 head: str = "dense", keypoints: int = 32, keypoint_level: int = 2, ridge: float = 1e-2):
+                 head: str = "dense", keypoints: int = 32, keypoint_level: int = 2, ridge: float = 1e-2,
+                 dof: str = "affine"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if dof not in DOFS:
+            raise ValueError(f"dof must be one of {DOFS}, got {dof!r}")
         if head == "keypoints" and not 0 <= keypoint_level < levels:
             raise ValueError(f"keypoint_level must be in [0, {levels - 1}], got {keypoint_level}")
         self.config = {"base_channels": base_channels, "levels": levels, "pooled_size": list(pooled_size), "norm": norm}
         if head != "dense":
             self.config.update(head=head, keypoints=keypoints, keypoint_level=keypoint_level, ridge=ridge)
+        if dof != "affine":
+            self.config["dof"] = dof
+        self.register_buffer("mask", torch.tensor([float(dof == "affine")] * 9 + [1.0] * 3), persistent=False)
         self.encoder = Encoder(2, base_channels, levels, norm)
         self.pooled_size = tuple(int(n) for n in pooled_size)
         self.head_kind, self.keypoints, self.keypoint_level, self.ridge = head, keypoints, keypoint_level, ridge
@@ -145,11 +156,11 @@ class GlobalNet(nn.Module):
         x, shape = _pad_to_multiple(x, self.multiple)
         if self.head_kind == "dense":
             features = F.adaptive_avg_pool3d(self.encoder(x)[-1], self.pooled_size)
-            return self.head(features.flatten(1))
+            return self.head(features.flatten(1)) * self.mask
         features = self.encoder(x)[self.keypoint_level]
         points = soft_argmax_points(self.head(features), 2**self.keypoint_level, shape)
         fixed_points, moving_points = points[:, : self.keypoints], points[:, self.keypoints:]
-        return fit_affine_params(fixed_points, moving_points, self.ridge)
+        return fit_affine_params(fixed_points, moving_points, self.ridge) * self.mask
 
 
 def soft_argmax_points(logits: torch.Tensor, stride: int, shape) -> torch.Tensor:
