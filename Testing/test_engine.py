@@ -57,6 +57,27 @@ def test_untrained_affine_mode_is_the_centre_alignment(untrained, phantom, kind)
     assert headers.warped_labels is None
 
 
+@pytest.mark.parametrize("kind", ["iso_axis", "aniso_oblique"])
+def test_an_initial_matrix_is_where_the_networks_start(nontrivial, untrained, phantom, kind):
+    """A given fixed -> moving LPS matrix replaces the centre alignment: an untrained model
+    returns it, and a trained one composes its affine after it exactly as after the centres."""
+    from labelreg.phantom import rotation_matrix
+    pair = phantom(kind)
+    start = initial_transform(pair.fixed.grid, pair.moving.grid, "centers")
+    start[:3, :3] = rotation_matrix((0.2, 0.9, -0.3), 0.1) * 1.04
+    start[:3, 3] += [3.0, -2.0, 4.0]
+    result = untrained.register(pair.fixed, pair.moving, mode="affine", initial_alignment=start)
+    np.testing.assert_allclose(result.affine_lps, start, atol=1e-4)
+    centred = nontrivial.register(pair.fixed, pair.moving, mode="affine")
+    same = nontrivial.register(pair.fixed, pair.moving, mode="affine", initial_alignment=initial_transform(
+        pair.fixed.grid, pair.moving.grid, "centers"))
+    np.testing.assert_allclose(same.affine_lps, centred.affine_lps, atol=1e-5)
+    with pytest.raises(LabelRegError, match="initial_alignment"):
+        untrained.register(pair.fixed, pair.moving, initial_alignment=np.eye(3))
+    with pytest.raises(LabelRegError, match="initial_alignment"):
+        untrained.register(pair.fixed, pair.moving, initial_alignment=np.full((4, 4), np.nan))
+
+
 def test_identity_pair_is_left_unchanged(untrained, phantom):
     pair = phantom("aniso_oblique")
     image, labels = pair.moving, pair.moving_labels

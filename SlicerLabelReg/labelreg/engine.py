@@ -97,8 +97,10 @@ class RegistrationEngine:
                        progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> list:
         """Register several (fixed, moving, moving_labels-or-None) pairs.
 
-        Pairs whose fixed and moving grids are all identical run through the networks as one
-        batch; others run one by one. ``progress(fraction, message)`` is called between stages
+        ``initial_alignment`` is "centers", "headers" (default: the model's), or a (4, 4)
+        fixed -> moving LPS matrix to start from (a manual or earlier alignment), used for every
+        pair. Pairs whose fixed and moving grids are all identical run through the networks as
+        one batch; others run one by one. ``progress(fraction, message)`` is called between stages
         and ``cancel()`` is polled there: returning True raises :class:`RegistrationCancelled`.
         """
         if mode not in MODES:
@@ -109,8 +111,15 @@ class RegistrationEngine:
         same = all(p[0].grid == pairs[0][0].grid and p[1].grid == pairs[0][1].grid for p in pairs)
         if len(pairs) > 1 and not same:
             return [self.register_batch([p], mode, initial_alignment, progress, cancel)[0] for p in pairs]
+        if initial_alignment is None:
+            initial_alignment = self.config.initial_alignment
+        elif not isinstance(initial_alignment, str):
+            initial_alignment = np.asarray(initial_alignment, dtype=np.float64)
+            if initial_alignment.shape != (4, 4) or not np.isfinite(initial_alignment).all():
+                raise LabelRegError(f"initial_alignment must be a name or a finite (4, 4) LPS matrix, got shape "
+                                    f"{initial_alignment.shape}")
         with torch.inference_mode():
-            return self._run(pairs, mode, initial_alignment or self.config.initial_alignment, progress, cancel)
+            return self._run(pairs, mode, initial_alignment, progress, cancel)
 
     def _check_pair(self, fixed: Volume, moving: Volume, labels: Volume | None):
         for role, volume in (("fixed", fixed), ("moving", moving)):
@@ -152,7 +161,9 @@ class RegistrationEngine:
 
         fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
         moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
-        initial = torch.as_tensor(initial_transform(fixed_grid, moving_grid, alignment), dtype=torch.float32, device=dev)
+        if isinstance(alignment, str):
+            alignment = initial_transform(fixed_grid, moving_grid, alignment)
+        initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev)
         initial = initial.expand(len(pairs), 4, 4)
         step(0.2, "running the networks", "preprocess")
 
