@@ -196,7 +196,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="probe: a training checkpoint of this fold")
-    p.add_argument("--mode", default="affine", choices=["affine", "deformable"])
+    p.add_argument("--mode", default="affine", choices=["affine", "deformable", "local"])
     p.add_argument("--label", help="probe: row name for labelreg-train report")
     p.add_argument("--json", help="probe: write the rows here")
     args = p.parse_args()
