@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from labelreg.grid import Grid
+from labelreg.metrics import centroid_lps
 from labelreg.networks import Encoder, ResidualBlock, _pad_to_multiple
 from labelreg_training.data import load_dataset, split_cases
 from torch import nn
@@ -69,17 +71,14 @@ def shifted(x, shift):
     return padded[:, p - shift[0]: p - shift[0] + d, p - shift[1]: p - shift[1] + h, p - shift[2]: p - shift[2] + w]
 
 
-def centroid_lps(weights, grid, stride=2):
-    """Weighted centroid of a (D, H, W) map on a grid pooled ``stride`` times from ``grid``."""
-    zz, yy, xx = np.indices(weights.shape)
-    w = weights / weights.sum()
-    ijk = stride * np.array([(xx * w).sum(), (yy * w).sum(), (zz * w).sum()]) + (stride - 1) / 2
-    m = grid.index_to_lps
-    return m[:3, :3] @ ijk + m[:3, 3]
+def pooled_grid(grid, shape_zyx):
+    """The grid of a 2x2x2 average pooling of ``grid``: voxel n covers voxels 2n and 2n + 1."""
+    origin = grid.index_to_lps @ np.array([0.5, 0.5, 0.5, 1.0])
+    return Grid(tuple(shape_zyx[::-1]), tuple(2 * np.asarray(grid.spacing)), tuple(origin[:3]), grid.direction)
 
 
 def label_centroids_lps(labels, grid):
-    return np.array([centroid_lps(c.astype(np.float64), grid, stride=1) for c in labels])
+    return np.array([centroid_lps(c, grid) for c in labels])
 
 
 def train(args):
@@ -122,7 +121,7 @@ def train(args):
             p = torch.sigmoid(net(image[None]))[0, 0].numpy()
             mask = p * (p > 0.5) if (p > 0.5).any() else p
             dice = 2 * ((p > 0.5) * (gland[0].numpy() > 0.5)).sum() / ((p > 0.5).sum() + (gland[0].numpy() > 0.5).sum())
-            out[n] = {"centroid_lps": centroid_lps(mask, grid).tolist(), "dice_3mm": float(dice),
+            out[n] = {"centroid_lps": centroid_lps(mask, pooled_grid(grid, mask.shape)).tolist(), "dice_3mm": float(dice),
                       "split": "tune" if n in tune_cases else "validation"}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.modality}.json").write_text(json.dumps(out, indent=1))
