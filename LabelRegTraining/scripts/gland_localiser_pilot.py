@@ -4,7 +4,7 @@ translation initial alignment? (A research probe, not part of the method or the 
 The label oracles (label_oracles.py) show that putting the MR gland centroid on the TRUS gland
 centroid leaves a median landmark TRE of 5.1 mm over all pairs, while the global net, which has
 to learn the same from 12 outputs and a registration loss, reaches 8-9 mm on unseen pairs.
-This probe trains one small U-Net per modality (built from the library's encoder blocks) to
+This probe trains one small U-Net per modality (``labelreg.networks.GlandLocaliser``) to
 segment the gland on the 3 mm grid, then aligns the predicted gland centroids of each held-out
 pair and measures the landmark TRE, next to the same translation with the true centroids.
 
@@ -28,30 +28,8 @@ import torch
 import torch.nn.functional as F
 from labelreg.grid import Grid
 from labelreg.metrics import centroid_lps
-from labelreg.networks import Encoder, ResidualBlock, _pad_to_multiple
+from labelreg.networks import GlandLocaliser
 from labelreg_training.data import load_dataset, split_cases
-from torch import nn
-
-
-class Segmenter(nn.Module):
-    """One-channel U-Net: encoder of the library's residual blocks, transposed-conv decoder."""
-
-    def __init__(self, base_channels=16, levels=3):
-        super().__init__()
-        self.encoder = Encoder(1, base_channels, levels)
-        ch = self.encoder.channels
-        self.up = nn.ModuleList(nn.ConvTranspose3d(ch[lv + 1], ch[lv], 2, stride=2) for lv in reversed(range(levels - 1)))
-        self.decode = nn.ModuleList(ResidualBlock(2 * ch[lv], ch[lv]) for lv in reversed(range(levels - 1)))
-        self.out = nn.Conv3d(ch[0], 1, 1)
-        self.multiple = 2 ** (levels - 1)
-
-    def forward(self, x):
-        x, shape = _pad_to_multiple(x, self.multiple)
-        features = self.encoder(x)
-        y = features[-1]
-        for up, decode, skip in zip(self.up, self.decode, reversed(features[:-1])):
-            y = decode(torch.cat([up(y), skip], dim=1))
-        return self.out(y)[:, :, : shape[0], : shape[1], : shape[2]]
 
 
 def pooled(case, modality):
@@ -88,7 +66,7 @@ def train(args):
     train_cases, tune_cases, val_cases = split_cases(data.subjects, 5, args.fold, 0, 0.15)
     grid = data.fixed_grid if args.modality == "fixed" else data.moving_grid
     samples = [pooled(data.cases[n], args.modality) for n in train_cases]
-    net = Segmenter(args.channels)
+    net = GlandLocaliser(args.channels)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.time()

@@ -237,3 +237,35 @@ class LocalNet(nn.Module):
                 level_ddf = F.interpolate(level_ddf, size=full, mode="trilinear", align_corners=False)
             ddf = ddf + level_ddf
         return ddf[:, :, : shape[0], : shape[1], : shape[2]]
+
+
+class GlandLocaliser(nn.Module):
+    """A small one-image U-Net: (B, 1, D, H, W) image -> (B, 1, D, H, W) gland logits.
+
+    Trained with the gland label as its *target* (labels are never inputs). The centroid of
+    its prediction in each image gives a translation initial alignment: over the 81 MR-TRUS
+    pairs, predicted gland centroids leave a median landmark TRE of 6.5 mm against 11.6 mm for
+    the volume centres (LabelRegTraining/scripts/gland_localiser_pilot.py).
+    """
+
+    def __init__(self, base_channels: int = 16, levels: int = 3, norm: str = "instance"):
+        super().__init__()
+        self.config = {"base_channels": base_channels, "levels": levels, "norm": norm}
+        self.encoder = Encoder(1, base_channels, levels, norm)
+        channels = self.encoder.channels
+        self.up = nn.ModuleList(nn.ConvTranspose3d(channels[level + 1], channels[level], 2, stride=2)
+                                for level in reversed(range(levels - 1)))
+        self.decode = nn.ModuleList(ResidualBlock(2 * channels[level], channels[level], norm)
+                                    for level in reversed(range(levels - 1)))
+        self.output = nn.Conv3d(channels[0], 1, 1)
+        self.multiple = 2 ** (levels - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"GlandLocaliser expects (B, 1, D, H, W) images, got {tuple(x.shape)}")
+        x, shape = _pad_to_multiple(x, self.multiple)
+        features = self.encoder(x)
+        y = features[-1]
+        for up, decode, skip in zip(self.up, self.decode, reversed(features[:-1])):
+            y = decode(torch.cat([up(y), skip], dim=1))
+        return self.output(y)[:, :, : shape[0], : shape[1], : shape[2]]
