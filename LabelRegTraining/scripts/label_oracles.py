@@ -17,21 +17,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+from labelreg.io import read_image, read_labels
+from labelreg.metrics import centroid_lps
 
 
-def centroids_lps(path: Path) -> np.ndarray:
-    image = sitk.ReadImage(str(path))
-    labels = np.clip(sitk.GetArrayFromImage(image), 0, 1)  # (C, z, y, x)
-    spacing, origin = np.array(image.GetSpacing()[:3]), np.array(image.GetOrigin()[:3])
-    direction = np.array(image.GetDirection()).reshape(4, 4)[:3, :3]
-    zz, yy, xx = np.indices(labels.shape[1:])
-    out = []
-    for channel in labels:
-        w = channel.sum()
-        ijk = np.array([(xx * channel).sum(), (yy * channel).sum(), (zz * channel).sum()]) / w
-        out.append(origin + direction @ (spacing * ijk))
-    return np.array(out), origin + direction @ (spacing * (np.array(labels.shape[:0:-1]) - 1) / 2)
+def centroids_lps(data: Path, role: str, name: str):
+    """(centroid of every label channel, volume centre), LPS mm, of one image of a pair."""
+    image = read_image(data / f"{role}_images" / name, f"{role} image")
+    labels = read_labels(data / f"{role}_labels" / name, image.grid, f"{role} labels")
+    return np.array([centroid_lps(c, image.grid) for c in labels.array]), image.grid.center_lps
 
 
 def similarity(src: np.ndarray, dst: np.ndarray):
@@ -48,8 +42,8 @@ def similarity(src: np.ndarray, dst: np.ndarray):
 def main(data: Path) -> int:
     errors = {"centre": [], "gland centroid": [], "similarity, leave one out": []}
     for fixed_path in sorted((data / "fixed_labels").glob("*.nii.gz")):
-        fixed, fixed_centre = centroids_lps(fixed_path)
-        moving, moving_centre = centroids_lps(data / "moving_labels" / fixed_path.name)
+        fixed, fixed_centre = centroids_lps(data, "fixed", fixed_path.name)
+        moving, moving_centre = centroids_lps(data, "moving", fixed_path.name)
         # every transform maps TRUS (fixed) points to MR (moving) points; TRE in the fixed frame
         # equals the moving-frame distance here because all fitted maps are near-isometries
         for lm in range(1, len(fixed)):
