@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from labelreg.grid import Grid
+from labelreg.io import AtomicFile
 from labelreg.metrics import centroid_lps
 from labelreg.networks import GlandLocaliser
 from labelreg_training.data import load_dataset, split_cases
@@ -102,6 +103,8 @@ def train(args):
             out[n] = {"centroid_lps": centroid_lps(mask, pooled_grid(grid, mask.shape)).tolist(), "dice_3mm": float(dice),
                       "split": "tune" if n in tune_cases else "validation"}
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    with AtomicFile(Path(args.out) / f"{args.modality}.pt") as tmp:  # GlandLocaliser weights, for reuse
+        torch.save({"config": net.config, "state_dict": net.state_dict()}, tmp)
     (Path(args.out) / f"{args.modality}.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}/{args.modality}.json ({time.time() - start:.0f} s)")
 
