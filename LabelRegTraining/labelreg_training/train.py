@@ -89,8 +89,9 @@ class LossModule(nn.Module):
         self.model, self.cfg = model, cfg
         self.fixed_grid, self.moving_grid = data.fixed_grid, data.moving_grid
         self.aug = augment.AugmentConfig(**cfg.augment)
-        self.initial = torch.as_tensor(
-            initial_transform(data.fixed_grid, data.moving_grid, model.config.initial_alignment), dtype=torch.float32)
+        alignment = model.config.initial_alignment
+        self.initial = None if alignment == "gland" else torch.as_tensor(
+            initial_transform(data.fixed_grid, data.moving_grid, alignment), dtype=torch.float32)
 
     def forward(self, fixed, moving, fixed_label, moving_label, gen: torch.Generator):
         cfg, aug, model = self.cfg, self.aug, self.model
@@ -103,7 +104,12 @@ class LossModule(nn.Module):
             b, net_grid.shape_zyx, aug, gen, dev)
         fixed = augment.intensity(fixed, aug, gen)
         moving = augment.intensity(moving, aug, gen)
-        initial = r_moving @ self.initial.to(dev)
+        if self.initial is None:  # the frozen localisers' gland translation, before the geometric augmentation
+            with torch.no_grad():
+                base = model.initial_lps(fixed, self.fixed_grid, moving, self.moving_grid)
+        else:
+            base = self.initial.to(dev)
+        initial = r_moving @ base
         residual = (augment.random_affine(b, self.fixed_grid.center_lps, aug.residual, gen).to(dev)
                     if aug.has_residual and STAGES[cfg.stage] != "affine" else None)
         affine, ddf, net_grid, _ = model.forward_pair(
@@ -151,6 +157,8 @@ def set_trainable(model: RegistrationModel, stage: str):
         model.global_net.eval()  # frozen: batch-norm keeps its running statistics
     if not train_local:
         model.local_net.eval()
+    if model.localisers is not None:  # trained on their own (gland_localiser_pilot.py); frozen here
+        model.localisers.requires_grad_(False).eval()
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float | None = None) -> float:

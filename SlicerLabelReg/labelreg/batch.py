@@ -76,10 +76,13 @@ def read_displacement(path) -> tuple:
     return sitk.GetArrayFromImage(image).astype(np.float64), Grid.from_sitk(image)
 
 
-def warp_initial(fixed_grid: Grid, moving: Volume, alignment: str) -> np.ndarray:
-    """Moving channels (C, z, y, x) resampled on the fixed grid by the initial alignment only."""
+def warp_initial(fixed_grid: Grid, moving: Volume, alignment) -> np.ndarray:
+    """Moving channels (C, z, y, x) resampled on the fixed grid by the initial alignment only:
+    a grid alignment name ("centers", "headers") or a (4, 4) fixed -> moving LPS matrix."""
+    if isinstance(alignment, str):
+        alignment = initial_transform(fixed_grid, moving.grid, alignment)
     with torch.inference_mode():
-        init = torch.as_tensor(initial_transform(fixed_grid, moving.grid, alignment), dtype=torch.float32)[None]
+        init = torch.as_tensor(alignment, dtype=torch.float32)[None]
         points = transform_points(init, fixed_grid.points_lps())
         channels = torch.from_numpy(np.ascontiguousarray(moving.channels, dtype=np.float32))[None]
         return sample(channels, moving.grid, points)[0].numpy()
@@ -104,7 +107,7 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
         paths["warped_labels"] = lio.write_labels(out / "warped_labels.nii.gz", result.warped_labels, grid)
     paths["displacement"] = lio.write_displacement(out / "displacement.nii.gz", result.ddf_lps, grid)
     paths["affine"] = lio.write_affine(out / "affine.tfm", result.affine_lps)
-    before = warp_initial(grid, labels if labels is not None else moving, alignment)
+    before = warp_initial(grid, labels if labels is not None else moving, result.initial_lps)
     if labels is not None:
         qc_args = {"warped_labels_before": before, "warped_labels_after": result.warped_labels}
     else:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LabelRegError, RegistrationCancelled
-from .model import MODES
-from .transforms import INITIAL_ALIGNMENTS
+from .model import ALIGNMENTS, MODES
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
 UNTRAINED_NOTICE = "no trained model bundled yet: using the initial alignment only"
@@ -177,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     engine.add_argument("--threads", type=int, help="CPU threads for torch")
     engine.add_argument("--mode", choices=MODES, default="deformable")
-    engine.add_argument("--initial-alignment", choices=INITIAL_ALIGNMENTS,
-                        help="before the networks: align volume centres or trust headers (default: the model's)")
+    engine.add_argument("--initial-alignment", choices=ALIGNMENTS,
+                        help="before the networks: align volume centres, trust headers, or predicted gland centroids (models with gland localisers); default: the model's")
 
     parser = _Parser(prog="labelreg", description="Label-driven MR (moving) to TRUS (fixed) prostate registration.")
     parser.add_argument("--version", action="version", version=f"labelreg {__version__}")

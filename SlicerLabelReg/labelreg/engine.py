@@ -15,9 +15,9 @@ import torch
 
 from .errors import LabelRegError, RegistrationCancelled
 from .grid import Grid
-from .model import MODES, RegistrationModel, normalize_intensity
+from .model import ALIGNMENTS, MODES, RegistrationModel, normalize_intensity
 from .model_io import load_model
-from .transforms import initial_transform, transform_points
+from .transforms import transform_points
 from .volume import Volume
 from .warp import sample
 
@@ -48,6 +48,7 @@ class RegistrationResult:
         warped_labels: (C, nz, ny, nx) moving labels warped trilinearly (values in [0, 1]), or None.
         fixed_grid: the grid of the outputs.
         timings: seconds per stage.
+        initial_lps: (4, 4) the initial alignment the networks started from.
     """
 
     affine_lps: np.ndarray
@@ -58,6 +59,7 @@ class RegistrationResult:
     mode: str
     device: str
     timings: dict = field(default_factory=dict)
+    initial_lps: np.ndarray | None = None
 
 
 ProgressFn = Callable[[float, str], None]
@@ -97,7 +99,8 @@ class RegistrationEngine:
                        progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> list:
         """Register several (fixed, moving, moving_labels-or-None) pairs.
 
-        ``initial_alignment`` is "centers", "headers" (default: the model's), or a (4, 4)
+        ``initial_alignment`` is "centers", "headers", "gland" (models with gland localisers;
+        default: the model's), or a (4, 4)
         fixed -> moving LPS matrix to start from (a manual or earlier alignment), used for every
         pair. Pairs whose fixed and moving grids are all identical run through the networks as
         one batch; others run one by one. ``progress(fraction, message)`` is called between stages
@@ -113,7 +116,14 @@ class RegistrationEngine:
             return [self.register_batch([p], mode, initial_alignment, progress, cancel)[0] for p in pairs]
         if initial_alignment is None:
             initial_alignment = self.config.initial_alignment
-        elif not isinstance(initial_alignment, str):
+        if isinstance(initial_alignment, str):
+            if initial_alignment not in ALIGNMENTS:
+                raise LabelRegError(f"initial_alignment must be one of {ALIGNMENTS} or a (4, 4) matrix, "
+                                    f"got {initial_alignment!r}")
+            if initial_alignment == "gland" and self.model.localisers is None:
+                raise LabelRegError("initial_alignment 'gland' needs a model with gland localisers; this model has "
+                                    "none: use 'centers' or 'headers'")
+        else:
             initial_alignment = np.asarray(initial_alignment, dtype=np.float64)
             if initial_alignment.shape != (4, 4) or not np.isfinite(initial_alignment).all():
                 raise LabelRegError(f"initial_alignment must be a name or a finite (4, 4) LPS matrix, got shape "
@@ -162,9 +172,9 @@ class RegistrationEngine:
         fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
         moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
         if isinstance(alignment, str):
-            alignment = initial_transform(fixed_grid, moving_grid, alignment)
-        initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev)
-        initial = initial.expand(len(pairs), 4, 4)
+            initial = self.model.initial_lps(fixed, fixed_grid, moving, moving_grid, alignment)
+        else:
+            initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev).expand(len(pairs), 4, 4)
         step(0.2, "running the networks", "preprocess")
 
         affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode)
@@ -192,6 +202,7 @@ class RegistrationEngine:
                 warped_moving=warped.cpu().numpy(),
                 warped_labels=warped_labels,
                 fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
+                initial_lps=initial[b].double().cpu().numpy(),
             ))
         step(1.0, "done", "warp")
         return results

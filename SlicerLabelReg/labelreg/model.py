@@ -12,12 +12,15 @@ import torch
 from torch import nn
 
 from .grid import Grid
-from .networks import GlobalNet, LocalNet
-from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, transform_points
+from .networks import GlandLocaliser, GlobalNet, LocalNet
+from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
 from .warp import sample
 
 FORMAT_VERSION = 1
 MODES = ("affine", "deformable", "local")
+#: the grid-only alignments, and "gland": the translation between the gland centroids that the
+#: model's two gland localisers predict (models with a ``localiser`` only)
+ALIGNMENTS = INITIAL_ALIGNMENTS + ("gland",)
 
 
 @dataclass
@@ -26,9 +29,11 @@ class ModelConfig:
 
     Attributes:
         grid_spacing_mm: isotropic spacing of the network grid, built around the fixed image.
-        initial_alignment: "centers" (align volume centres) or "headers" (trust file headers).
+        initial_alignment: "centers" (align volume centres), "headers" (trust file headers) or
+            "gland" (predicted gland centroids; needs ``localiser``).
         intensity_percentiles: each image is mapped linearly so these percentiles go to 0 and 1.
         global_net / local_net: constructor arguments of the two networks.
+        localiser: constructor arguments of the two :class:`GlandLocaliser` (TRUS, MR), or None.
     """
 
     grid_spacing_mm: float = 3.0
@@ -37,11 +42,14 @@ class ModelConfig:
     global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3],
                                                      "norm": "instance"})
     local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4, "norm": "instance"})
+    localiser: dict | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        if self.initial_alignment not in INITIAL_ALIGNMENTS:
-            raise ValueError(f"initial_alignment must be one of {INITIAL_ALIGNMENTS}")
+        if self.initial_alignment not in ALIGNMENTS:
+            raise ValueError(f"initial_alignment must be one of {ALIGNMENTS}")
+        if self.initial_alignment == "gland" and self.localiser is None:
+            raise ValueError("initial_alignment 'gland' needs a localiser (its constructor arguments, e.g. {})")
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
 
     def to_dict(self) -> dict:
@@ -71,6 +79,8 @@ class RegistrationModel(nn.Module):
         self.config = config or ModelConfig()
         self.global_net = GlobalNet(**self.config.global_net)
         self.local_net = LocalNet(**self.config.local_net)
+        self.localisers = None if self.config.localiser is None else nn.ModuleDict(
+            {"fixed": GlandLocaliser(**self.config.localiser), "moving": GlandLocaliser(**self.config.localiser)})
 
     @property
     def grid_multiple(self) -> int:
@@ -79,6 +89,32 @@ class RegistrationModel(nn.Module):
     def network_grid(self, fixed_grid: Grid) -> Grid:
         """The grid the networks see: around the fixed image, at ``grid_spacing_mm``."""
         return fixed_grid.resampled(self.config.grid_spacing_mm, self.grid_multiple)
+
+    def initial_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                    alignment: str | None = None) -> torch.Tensor:
+        """(B, 4, 4) fixed -> moving LPS transform that starts the registration.
+
+        ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
+        localiser segments its (normalised) image on a ``grid_spacing_mm`` grid, and the
+        translation takes the predicted TRUS gland centroid to the predicted MR one; a pair
+        where either prediction is empty falls back to the volume centres.
+        """
+        alignment = alignment or self.config.initial_alignment
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"initial alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        base = "centers" if alignment == "gland" else alignment
+        out = torch.as_tensor(initial_transform(fixed_grid, moving_grid, base), dtype=fixed.dtype, device=fixed.device)
+        out = out.repeat(fixed.shape[0], 1, 1)
+        if alignment != "gland":
+            return out
+        if self.localisers is None:
+            raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
+        spacing = self.config.grid_spacing_mm
+        fixed_c, fixed_found = gland_centroid_lps(self.localisers["fixed"], fixed, fixed_grid, spacing)
+        moving_c, moving_found = gland_centroid_lps(self.localisers["moving"], moving, moving_grid, spacing)
+        found = (fixed_found & moving_found)[:, None]
+        out[:, :3, 3] = torch.where(found, moving_c - fixed_c, out[:, :3, 3])
+        return out
 
     def forward_pair(
         self,
@@ -131,3 +167,16 @@ class RegistrationModel(nn.Module):
         moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
         ddf_grid = self.local_net(torch.cat([fixed_net, moving_net], dim=1))
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
+
+
+def gland_centroid_lps(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
+    """Centroid (LPS mm) of the gland ``localiser`` predicts in ``image`` (B, 1, z, y, x) on
+    ``grid``, resampled at ``spacing_mm``: the probability-weighted centroid of the voxels above
+    0.5. Returns ((B, 3) centroids, (B,) bool: a voxel above 0.5 was found)."""
+    net_grid = grid.resampled(spacing_mm, localiser.multiple)
+    points = net_grid.points_lps(dtype=image.dtype, device=image.device)
+    probability = torch.sigmoid(localiser(sample(image, grid, points)))[:, 0]
+    weights = probability * (probability > 0.5)
+    mass = weights.flatten(1).sum(1)
+    centroid = torch.einsum("bzyx,zyxc->bc", weights, points) / mass.clamp_min(1e-12)[:, None]
+    return centroid, mass > 0
