@@ -151,10 +151,14 @@ def _fixed_batch_loss(model, cfg, data, seeds=range(6)):
     return total / len(seeds)
 
 
-@pytest.mark.parametrize("stage", ["global", "local"])
+GLAND_MODEL = {**SMALL_MODEL, "initial_alignment": "gland", "localiser": {"base_channels": 2, "levels": 2}}
+
+
+@pytest.mark.parametrize("stage", ["global", "local", "localiser"])
 def test_smoke_training_decreases_the_loss(dataset, tmp_path, stage):
     from labelreg.model import ModelConfig, RegistrationModel
-    cfg = _config(tmp_path, stage=stage, steps=60, lr=3e-3, lr_final=3e-3)
+    cfg = _config(tmp_path, stage=stage, steps=60, lr=3e-3, lr_final=3e-3,
+                  model=GLAND_MODEL if stage == "localiser" else SMALL_MODEL)
     before = _fixed_batch_loss(RegistrationModel(ModelConfig.from_dict(cfg.model)), cfg, dataset)
     train(cfg, dataset, log=lambda *_: None)
     trained = RegistrationModel(ModelConfig.from_dict(cfg.model))
@@ -390,7 +394,7 @@ def test_training_starts_from_the_frozen_gland_localisers(dataset, tmp_path):
     """A model with gland localisers trains its global net from their translation; the
     localisers (trained on their own) do not move."""
     from labelreg.model import ModelConfig, RegistrationModel
-    model_cfg = {**SMALL_MODEL, "initial_alignment": "gland", "localiser": {"base_channels": 2, "levels": 2}}
+    model_cfg = GLAND_MODEL
     train(_config(tmp_path, model=model_cfg, steps=3), dataset, log=lambda *_: None)
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     torch.manual_seed(0)  # what train() seeds before building the model (seed 0, run seed 0)
@@ -398,3 +402,21 @@ def test_training_starts_from_the_frozen_gland_localisers(dataset, tmp_path):
     localiser_keys = [k for k in initial if k.startswith("localisers.")]
     assert localiser_keys and all(torch.equal(initial[k], trained[k]) for k in localiser_keys)
     assert not torch.equal(initial["global_net.head.bias"], trained["global_net.head.bias"])
+
+
+def test_localiser_stage_trains_only_the_localisers_on_the_gland(dataset, tmp_path):
+    from labelreg.model import ModelConfig, RegistrationModel
+    train(_config(tmp_path, stage="localiser", model=GLAND_MODEL, steps=3), dataset, log=lambda *_: None)
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    torch.manual_seed(0)
+    initial = RegistrationModel(ModelConfig.from_dict(GLAND_MODEL)).state_dict()
+    moved = {k for k in initial if not torch.equal(initial[k], trained[k])}
+    assert moved and all(k.startswith("localisers.") for k in moved)
+    assert any(k.startswith("localisers.moving.") for k in moved) and any(k.startswith("localisers.fixed.") for k in moved)
+    cfg = _config(tmp_path, stage="localiser")
+    for seed in range(5):
+        batch = draw_batch(list(dataset.cases.values()), cfg, torch.Generator().manual_seed(seed), "cpu")
+        glands = [c.fixed_labels[:1].float() for c in dataset.cases.values()]
+        assert all(any(torch.equal(label, g) for g in glands) for label in batch[2])
+    with pytest.raises(ValueError, match="needs a model with gland localisers"):
+        train(_config(tmp_path / "plain", stage="localiser"), dataset, log=lambda *_: None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from labelreg.io import AtomicFile
 from labelreg.model import ModelConfig, RegistrationModel
 from labelreg.transforms import initial_transform, transform_points
@@ -27,7 +28,11 @@ from torch import nn
 from . import augment, losses
 from .data import TUNE_FRACTION, Dataset, split_cases
 
-STAGES = {"global": "affine", "local": "deformable", "joint": "deformable", "local_only": "local"}
+#: stage -> the registration mode it is evaluated in. "localiser" trains the two gland
+#: localisers (segmentation of the gland label, a training target only); its tuning evaluation
+#: is the "affine" mode of a still untrained global net: the gland translation itself.
+STAGES = {"localiser": "affine", "global": "affine", "local": "deformable", "joint": "deformable",
+          "local_only": "local"}
 
 
 @dataclass
@@ -95,6 +100,8 @@ class LossModule(nn.Module):
 
     def forward(self, fixed, moving, fixed_label, moving_label, gen: torch.Generator):
         cfg, aug, model = self.cfg, self.aug, self.model
+        if cfg.stage == "localiser":
+            return self.localiser_loss(fixed, moving, fixed_label, moving_label, gen)
         b, dev = fixed.shape[0], fixed.device
         net_grid = model.network_grid(self.fixed_grid)
         points = net_grid.points_lps(device=dev)
@@ -125,6 +132,26 @@ class LossModule(nn.Module):
         loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
         return loss, torch.stack([dice.detach(), ce.detach(), bending.detach()])
 
+    def localiser_loss(self, fixed, moving, fixed_gland, moving_gland, gen: torch.Generator):
+        """Soft Dice + cross-entropy of each localiser's gland prediction, each image with its own
+        random affine, deformation and intensity change, on the grid :meth:`initial_lps` uses."""
+        aug, model, dev = self.aug, self.model, fixed.device
+        dice, ce = torch.zeros((), device=dev), torch.zeros((), device=dev)
+        for role, image, gland, grid in (("fixed", fixed, fixed_gland, self.fixed_grid),
+                                         ("moving", moving, moving_gland, self.moving_grid)):
+            net = model.localisers[role]
+            net_grid = grid.resampled(model.config.grid_spacing_mm, net.multiple)
+            r = augment.random_affine(image.shape[0], grid.center_lps, aug, gen).to(dev)
+            points = transform_points(r, net_grid.points_lps(device=dev)) + augment.smooth_displacement(
+                image.shape[0], net_grid.shape_zyx, aug, gen, dev)
+            logits = net(sample(augment.intensity(image, aug, gen), grid, points))
+            target = sample(gland, grid, points).clamp(0, 1)
+            p = torch.sigmoid(logits)
+            dice = dice + 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+            ce = ce + F.binary_cross_entropy_with_logits(logits, target)
+        zero = torch.zeros((), device=dev)
+        return dice + ce, torch.stack([dice.detach(), ce.detach(), zero])
+
 
 def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
     """Cases uniformly; one label per case, the gland drawn ``gland_draw_weight`` times as
@@ -135,6 +162,8 @@ def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
     for c in chosen:
         weights = torch.ones(c.fixed_labels.shape[0], dtype=torch.float64)
         weights[0] = cfg.gland_draw_weight
+        if cfg.stage == "localiser":  # the localisers learn the gland only
+            weights[1:] = 0.0
         channels.append(int(torch.multinomial(weights, 1, generator=gen)))
 
     def stack(tensors):
@@ -146,6 +175,9 @@ def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
 
 
 def set_trainable(model: RegistrationModel, stage: str):
+    if stage == "localiser" and model.localisers is None:
+        raise ValueError("stage 'localiser' needs a model with gland localisers: set model.localiser (e.g. "
+                         "{'base_channels': 16, 'levels': 3}) and model.initial_alignment 'gland' in the config")
     train_global = stage in ("global", "joint")
     train_local = stage in ("local", "joint", "local_only")
     for p in model.global_net.parameters():
@@ -157,8 +189,8 @@ def set_trainable(model: RegistrationModel, stage: str):
         model.global_net.eval()  # frozen: batch-norm keeps its running statistics
     if not train_local:
         model.local_net.eval()
-    if model.localisers is not None:  # trained on their own (gland_localiser_pilot.py); frozen here
-        model.localisers.requires_grad_(False).eval()
+    if model.localisers is not None:  # trained in their own stage, frozen in the others
+        model.localisers.requires_grad_(stage == "localiser").train(stage == "localiser")
 
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float | None = None) -> float:
