@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from labelreg.io import AtomicFile
-from labelreg.model import ModelConfig, RegistrationModel
+from labelreg.model import ModelConfig, RegistrationModel, localiser_grid
 from labelreg.transforms import initial_transform, transform_points
 from labelreg.warp import sample
 from torch import nn
@@ -140,7 +140,7 @@ class LossModule(nn.Module):
         for role, image, gland, grid in (("fixed", fixed, fixed_gland, self.fixed_grid),
                                          ("moving", moving, moving_gland, self.moving_grid)):
             net = model.localisers[role]
-            net_grid = grid.resampled(model.config.grid_spacing_mm, net.multiple)
+            net_grid = localiser_grid(grid, model.config.grid_spacing_mm, net)
             r = augment.random_affine(image.shape[0], grid.center_lps, aug, gen).to(dev)
             points = transform_points(r, net_grid.points_lps(device=dev)) + augment.smooth_displacement(
                 image.shape[0], net_grid.shape_zyx, aug, gen, dev)

@@ -169,12 +169,16 @@ class RegistrationModel(nn.Module):
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
 
 
+def localiser_grid(grid: Grid, spacing_mm: float, localiser: GlandLocaliser) -> Grid:
+    """The grid a gland localiser sees an image on (in training and at inference)."""
+    return grid.resampled(spacing_mm, localiser.multiple)
+
+
 def gland_centroid_lps(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
     """Centroid (LPS mm) of the gland ``localiser`` predicts in ``image`` (B, 1, z, y, x) on
     ``grid``, resampled at ``spacing_mm``: the probability-weighted centroid of the voxels above
     0.5. Returns ((B, 3) centroids, (B,) bool: a voxel above 0.5 was found)."""
-    net_grid = grid.resampled(spacing_mm, localiser.multiple)
-    points = net_grid.points_lps(dtype=image.dtype, device=image.device)
+    points = localiser_grid(grid, spacing_mm, localiser).points_lps(dtype=image.dtype, device=image.device)
     probability = torch.sigmoid(localiser(sample(image, grid, points)))[:, 0]
     weights = probability * (probability > 0.5)
     mass = weights.flatten(1).sum(1)
