@@ -107,14 +107,19 @@ class RegistrationModel(nn.Module):
         out = out.repeat(fixed.shape[0], 1, 1)
         if alignment != "gland":
             return out
+        fixed_c, moving_c, found = self.gland_centroids_lps(fixed, fixed_grid, moving, moving_grid)
+        out[:, :3, 3] = torch.where(found[:, None], moving_c - fixed_c, out[:, :3, 3])
+        return out
+
+    def gland_centroids_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid):
+        """The gland centroids the two localisers predict: ((B, 3) fixed LPS, (B, 3) moving LPS,
+        (B,) bool: both predictions are non-empty)."""
         if self.localisers is None:
             raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
         spacing = self.config.grid_spacing_mm
         fixed_c, fixed_found = gland_centroid_lps(self.localisers["fixed"], fixed, fixed_grid, spacing)
         moving_c, moving_found = gland_centroid_lps(self.localisers["moving"], moving, moving_grid, spacing)
-        found = (fixed_found & moving_found)[:, None]
-        out[:, :3, 3] = torch.where(found, moving_c - fixed_c, out[:, :3, 3])
-        return out
+        return fixed_c, moving_c, fixed_found & moving_found
 
     def forward_pair(
         self,
