@@ -55,7 +55,7 @@ def test_register_writes_all_outputs_on_the_fixed_grid(files, tmp_path, capsys):
                           "--model", files["model"], "--device", "cpu", "--threads", 1, "--output-dir", tmp_path],
                          capsys)
     assert code == 0, err
-    assert "timings:" in out and "before (initial alignment): TRE median" in out and "after (deformable)" in out
+    assert "timings:" in out and "before (initial alignment, no network): TRE median" in out and "after (deformable)" in out
     names = ["warped_moving.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "qc.png"]
     for name in names:
         assert (tmp_path / name).is_file() and str(tmp_path / name) in out
@@ -147,7 +147,7 @@ def test_demo_runs(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     if "notice:" in out:
         assert cli.UNTRAINED_NOTICE in out
-    assert "before (initial alignment): TRE median" in out and "Dice" in out
+    assert "before (initial alignment, no network): TRE median" in out and "Dice" in out
     assert (tmp_path / "demo" / "qc.png").is_file() and (tmp_path / "demo" / "inputs" / "fixed_images").is_dir()
 
 

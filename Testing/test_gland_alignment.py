@@ -90,3 +90,21 @@ def test_localisers_are_saved_and_loaded_with_the_model(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
     assert RegistrationModel().localisers is None  # plain models are unchanged
+
+
+def test_before_metrics_of_a_gland_model_are_the_volume_centres(tmp_path):
+    """The gland alignment is learned, so "before" (metrics, QC) is the network-free start."""
+    from labelreg.batch import register_to_folder
+    from labelreg.metrics import evaluate_pair
+    from labelreg.transforms import initial_transform
+    fixed_centre, moving_centre = FIXED.center_lps + [4.0, -3.0, 2.0], MOVING.center_lps + [-6.0, 5.0, 3.0]
+    fixed = Volume(blob(FIXED, fixed_centre), FIXED, "TRUS")
+    moving = Volume(blob(MOVING, moving_centre), MOVING, "MR")
+    labels = Volume(moving.array[None], MOVING, "MR labels")
+    fixed_labels = Volume(fixed.array[None], FIXED, "TRUS labels")
+    engine = RegistrationEngine(gland_model(), device="cpu")
+    outcome = register_to_folder(engine, fixed, moving, labels, tmp_path, "affine", fixed_labels=fixed_labels)
+    from labelreg.batch import warp_initial
+    centres = warp_initial(FIXED, labels, initial_transform(FIXED, MOVING, "centers"))
+    assert outcome["metrics_before"] == evaluate_pair(centres, fixed_labels.channels, FIXED)
+    assert outcome["metrics_after"]["dice"] > outcome["metrics_before"]["dice"] + 0.2

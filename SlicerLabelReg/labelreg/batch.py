@@ -93,7 +93,8 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
     """Register one pair and write ``warped_moving``, ``warped_labels`` (with labels),
     ``displacement`` (.nii.gz), ``affine.tfm`` and ``qc.png`` into ``out_dir``.
 
-    Returns {"result", "paths", "metrics_before", "metrics_after", "write_s"}.
+    Returns {"result", "paths", "metrics_before", "metrics_after", "write_s"}; "before" is the
+    initial alignment, or the volume centres when that alignment is the learned "gland" one.
     """
     alignment = alignment or engine.config.initial_alignment
     if fixed_labels is not None and labels is not None and fixed_labels.channels.shape[0] != labels.channels.shape[0]:
@@ -107,7 +108,9 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
         paths["warped_labels"] = lio.write_labels(out / "warped_labels.nii.gz", result.warped_labels, grid)
     paths["displacement"] = lio.write_displacement(out / "displacement.nii.gz", result.ddf_lps, grid)
     paths["affine"] = lio.write_affine(out / "affine.tfm", result.affine_lps)
-    before = warp_initial(grid, labels if labels is not None else moving, result.initial_lps)
+    # "before" is where the pair starts without any network: the gland alignment is learned
+    learned = isinstance(alignment, str) and alignment == "gland"
+    before = warp_initial(grid, labels if labels is not None else moving, "centers" if learned else result.initial_lps)
     if labels is not None:
         qc_args = {"warped_labels_before": before, "warped_labels_after": result.warped_labels}
     else:

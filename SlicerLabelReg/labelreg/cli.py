@@ -61,7 +61,7 @@ def _print_outcome(outcome: dict, mode: str) -> None:
         print(f"  {key:14s} {path}")
     if outcome["metrics_before"] is not None:
         from .metrics import format_metrics
-        print(f"before (initial alignment): {format_metrics(outcome['metrics_before'])}")
+        print(f"before (initial alignment, no network): {format_metrics(outcome['metrics_before'])}")
         print(f"after ({mode}): {format_metrics(outcome['metrics_after'])}")
 
 
