@@ -5,6 +5,8 @@ For each pair, the centroids (LPS, mm) of every label channel in both images:
 
 * ``centre``: volume centres aligned (the reference initial alignment);
 * ``gland centroid``: the translation that puts the MR gland centroid on the TRUS gland centroid;
+* ``gland centroid + volume scale``: the same, then an isotropic scale about the gland centroid
+  by the cube root of the gland volume ratio (what two gland segmentations alone could give);
 * ``similarity, leave one out``: for each landmark, a rotation + isotropic scale + translation
   (Umeyama) fitted on the gland centroid and the *other* landmarks (3+ points needed,
   otherwise the gland translation), evaluated on the held-out landmark.
@@ -22,10 +24,11 @@ from labelreg.metrics import centroid_lps
 
 
 def centroids_lps(data: Path, role: str, name: str):
-    """(centroid of every label channel, volume centre), LPS mm, of one image of a pair."""
+    """(centroid of every label channel, volume centre, gland volume in mm³), LPS mm, of one image of a pair."""
     image = read_image(data / f"{role}_images" / name, f"{role} image")
     labels = read_labels(data / f"{role}_labels" / name, image.grid, f"{role} labels")
-    return np.array([centroid_lps(c, image.grid) for c in labels.array]), image.grid.center_lps
+    gland_mm3 = float((labels.array[0] > 0.5).sum()) * float(np.prod(image.grid.spacing))
+    return np.array([centroid_lps(c, image.grid) for c in labels.array]), image.grid.center_lps, gland_mm3
 
 
 def similarity(src: np.ndarray, dst: np.ndarray):
@@ -40,15 +43,18 @@ def similarity(src: np.ndarray, dst: np.ndarray):
 
 
 def main(data: Path) -> int:
-    errors = {"centre": [], "gland centroid": [], "similarity, leave one out": []}
+    errors = {"centre": [], "gland centroid": [], "gland centroid + volume scale": [], "similarity, leave one out": []}
     for fixed_path in sorted((data / "fixed_labels").glob("*.nii.gz")):
-        fixed, fixed_centre = centroids_lps(data, "fixed", fixed_path.name)
-        moving, moving_centre = centroids_lps(data, "moving", fixed_path.name)
+        fixed, fixed_centre, fixed_mm3 = centroids_lps(data, "fixed", fixed_path.name)
+        moving, moving_centre, moving_mm3 = centroids_lps(data, "moving", fixed_path.name)
+        scale = (moving_mm3 / fixed_mm3) ** (1 / 3)
         # every transform maps TRUS (fixed) points to MR (moving) points; TRE in the fixed frame
         # equals the moving-frame distance here because all fitted maps are near-isometries
         for lm in range(1, len(fixed)):
             errors["centre"].append(np.linalg.norm(fixed[lm] - fixed_centre + moving_centre - moving[lm]))
             errors["gland centroid"].append(np.linalg.norm(fixed[lm] - fixed[0] + moving[0] - moving[lm]))
+            errors["gland centroid + volume scale"].append(
+                np.linalg.norm(scale * (fixed[lm] - fixed[0]) + moving[0] - moving[lm]))
             others = [c for c in range(len(fixed)) if c != lm]
             if len(others) >= 3:
                 fit = similarity(fixed[others], moving[others])
