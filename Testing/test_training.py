@@ -289,6 +289,16 @@ def test_export_writes_a_loadable_model_with_metadata(dataset, tmp_path):
     assert meta["metrics"][0]["tre_median_mm"] == 5.0 and meta["checkpoint_step"] == 2
     assert meta["config"]["global_net"]["base_channels"] == 4
     assert not model.training
+    assert [s["stage"] for s in meta["stages"]] == ["global"] and meta["stages"][0]["checkpoint_step"] == 2
+
+
+def test_export_records_every_stage_that_led_to_the_model(dataset, tmp_path):
+    from labelreg_training.export import export_model
+    first = train(_config(tmp_path / "a", steps=2), dataset, log=lambda *_: None)
+    second = train(_config(tmp_path / "b", stage="local", steps=3, init_from=str(first)), dataset, log=lambda *_: None)
+    _, meta = load_model(export_model(second, tmp_path / "m.pt"))
+    assert [(s["stage"], s["checkpoint_step"]) for s in meta["stages"]] == [("global", 2), ("local", 3)]
+    assert meta["stages"][1]["init_from"] == str(first)
 
 
 def test_evaluate_can_measure_the_training_cases(dataset):

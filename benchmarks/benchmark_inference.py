@@ -28,7 +28,7 @@ from labelreg.engine import RegistrationEngine
 from labelreg.model import RegistrationModel
 from labelreg.model_io import BUNDLED_MODEL, load_model, save_model
 
-STAGES = ("preprocess", "network", "compose", "warp")
+STAGES = ("preprocess", "alignment", "network", "compose", "warp")
 
 
 def _reader(fixed_path, moving_path, labels_path):

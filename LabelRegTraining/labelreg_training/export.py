@@ -23,6 +23,23 @@ def _git_commit() -> str:
         return "unknown"
 
 
+TRAINING_KEYS = ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "dice_weight", "ce_weight",
+                 "bending_weight", "smoothing_mm", "init_from", "augment")
+
+
+def stage_chain(checkpoint) -> list:
+    """The training stages that led to ``checkpoint``, first to last, following each run's
+    ``init_from``: for each, the checkpoint, the step it was taken at and its run settings."""
+    chain, path = [], Path(checkpoint)
+    while path is not None and path.exists() and all(Path(c["checkpoint"]) != path for c in chain):
+        config_path = path.parent / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        step = torch.load(path, map_location="cpu", weights_only=True).get("step", 0)
+        chain.append({"checkpoint": str(path), "checkpoint_step": int(step)} | {k: config.get(k) for k in TRAINING_KEYS})
+        path = Path(config["init_from"]) if config.get("init_from") else None
+    return chain[::-1]
+
+
 def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=()) -> Path:
     model, state = load_checkpoint(checkpoint)
     run_dir = Path(checkpoint).parent
@@ -37,9 +54,8 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=())
         "python": platform.python_version(),
         "checkpoint_step": int(state.get("step", 0)),
         "stage": state.get("stage"),
-        "training": {k: train_config.get(k) for k in
-                     ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "dice_weight", "ce_weight",
-                      "bending_weight", "smoothing_mm", "init_from", "augment")},
+        "training": {k: train_config.get(k) for k in TRAINING_KEYS},
+        "stages": stage_chain(checkpoint),
         "split": {k: train_config.get(k) for k in ("train_cases", "tune_cases", "val_cases")},
         "metrics": [json.loads(Path(m).read_text()).get("summary") | {"mode": json.loads(Path(m).read_text()).get("mode")}
                     for m in metrics_files],

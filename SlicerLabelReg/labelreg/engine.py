@@ -171,11 +171,12 @@ class RegistrationEngine:
 
         fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
         moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
+        step(0.1, "finding the gland" if isinstance(alignment, str) and alignment == "gland" else "aligning", "preprocess")
         if isinstance(alignment, str):
             initial = self.model.initial_lps(fixed, fixed_grid, moving, moving_grid, alignment)
         else:
             initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev).expand(len(pairs), 4, 4)
-        step(0.2, "running the networks", "preprocess")
+        step(0.2, "running the networks", "alignment")
 
         affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode)
         step(0.6, "composing the transform", "network")
