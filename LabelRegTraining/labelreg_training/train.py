@@ -158,7 +158,7 @@ class LossModule(nn.Module):
         for role, image, gland, grid in (("fixed", fixed, fixed_gland, self.fixed_grid),
                                          ("moving", moving, moving_gland, self.moving_grid)):
             net = model.localisers[role]
-            net_grid = localiser_grid(grid, model.config.grid_spacing_mm, net)
+            net_grid = localiser_grid(grid, model.config.localiser_spacing, net)
             r = augment.random_affine(image.shape[0], grid.center_lps, aug, gen).to(dev)
             points = transform_points(r, net_grid.points_lps(device=dev)) + augment.smooth_displacement(
                 image.shape[0], net_grid.shape_zyx, aug, gen, dev)

@@ -34,6 +34,8 @@ class ModelConfig:
         intensity_percentiles: each image is mapped linearly so these percentiles go to 0 and 1.
         global_net / local_net: constructor arguments of the two networks.
         localiser: constructor arguments of the two :class:`GlandLocaliser` (TRUS, MR), or None.
+        localiser_spacing_mm: isotropic spacing of the grid each localiser sees its image on
+            (default: ``grid_spacing_mm``), so the registration nets can work finer or coarser.
     """
 
     grid_spacing_mm: float = 3.0
@@ -43,7 +45,12 @@ class ModelConfig:
                                                      "norm": "instance"})
     local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4, "norm": "instance"})
     localiser: dict | None = None
+    localiser_spacing_mm: float | None = None
     format_version: int = FORMAT_VERSION
+
+    @property
+    def localiser_spacing(self) -> float:
+        return self.localiser_spacing_mm or self.grid_spacing_mm
 
     def __post_init__(self):
         if self.initial_alignment not in ALIGNMENTS:
@@ -95,7 +102,7 @@ class RegistrationModel(nn.Module):
         """(B, 4, 4) fixed -> moving LPS transform that starts the registration.
 
         ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
-        localiser segments its (normalised) image on a ``grid_spacing_mm`` grid, and the
+        localiser segments its (normalised) image on a ``localiser_spacing`` grid, and the
         translation takes the predicted TRUS gland centroid to the predicted MR one; a pair
         where either prediction is empty falls back to the volume centres.
         """
@@ -116,7 +123,7 @@ class RegistrationModel(nn.Module):
         (B,) bool: both predictions are non-empty)."""
         if self.localisers is None:
             raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
-        spacing = self.config.grid_spacing_mm
+        spacing = self.config.localiser_spacing
         fixed_c, fixed_found = gland_centroid_lps(self.localisers["fixed"], fixed, fixed_grid, spacing)
         moving_c, moving_found = gland_centroid_lps(self.localisers["moving"], moving, moving_grid, spacing)
         return fixed_c, moving_c, fixed_found & moving_found
