@@ -42,7 +42,8 @@ class LabelReg(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerLabelReg contributors"]
         self.parent.helpText = _(
             "Registers a prostate MR volume (and its gland/landmark segmentation) to a 3D transrectal "
-            "ultrasound volume with a weakly-supervised registration network. Outputs: an affine and a "
+            "ultrasound volume with weakly-supervised registration networks: the bundled model first "
+            "aligns the gland it finds in both images, then deforms the MR. Outputs: an affine and a "
             "deformable transform, the MR segmentation shown on the TRUS, the resampled MR. "
             "'Live TRUS' re-registers whenever the TRUS image changes (e.g. an OpenIGTLink stream).")
         self.parent.acknowledgementText = _(
