@@ -1,10 +1,13 @@
-"""Probe: does averaging the affine of several global nets of one fold beat each net alone?
+"""Probe: does averaging several nets of one fold beat each net alone?
 
-The affine is linear in the global net's 12 outputs (all nets share the network grid), so the
-mean of the outputs is the mean of the affines. Evaluates each net and the ensemble on the
-fold's validation cases in affine mode.
+``--net global`` (affine mode): the affine is linear in the global net's 12 outputs (all nets
+share the network grid), so the mean of the outputs is the mean of the affines.
+``--net local`` (local mode): local nets trained on the same frozen start (e.g. the same gland
+localisers) see the same input, and the field is linear in their outputs, so the mean of the
+outputs is the mean displacement field. Evaluates each net and the ensemble on the fold's
+validation cases.
 
-    python LabelRegTraining/scripts/ensemble_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--json OUT]
+    python LabelRegTraining/scripts/ensemble_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--net local] [--json OUT]
 """
 import argparse
 import json
@@ -17,7 +20,7 @@ from labelreg_training.train import load_checkpoint
 from torch import nn
 
 
-class MeanGlobal(nn.Module):
+class MeanNet(nn.Module):
     def __init__(self, nets):
         super().__init__()
         self.nets = nn.ModuleList(nets)
@@ -33,22 +36,29 @@ def main():
     p.add_argument("fold", type=int)
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--json", help="write the ensemble's rows and summary here")
-    p.add_argument("--label", default="global only, mean of the nets")
+    p.add_argument("--net", choices=("global", "local"), default="global")
+    p.add_argument("--label", help="default: '<net> net, mean of N'")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data_dir, names = validation_cases(args.data, 5, args.fold)
     pairs = load_pairs(data_dir, names)
     models = [load_checkpoint(c)[0].eval() for c in args.checkpoints]
+    mode, name = ("affine", "global_net") if args.net == "global" else ("local", "local_net")
+    if args.net == "local":  # the same start for every member, or the mean field is meaningless
+        start = {k: v for k, v in models[0].state_dict().items() if k.startswith("localisers.")}
+        if any(not torch.equal(v, m.state_dict()[k]) for m in models[1:] for k, v in start.items()):
+            raise SystemExit("--net local: the checkpoints must share their gland localisers")
     for path, model in zip(args.checkpoints, models):
-        _, summary = evaluate_model(model, pairs, "affine", hd95=False)
+        _, summary = evaluate_model(model, pairs, mode, hd95=False)
         print(f"fold {args.fold} {path}: {format_metrics(summary)}")
-    ensemble = models[0]  # its local net is unused in affine mode
-    ensemble.global_net = MeanGlobal([m.global_net for m in models])
-    rows, summary = evaluate_model(ensemble, pairs, "affine", hd95=False)
+    ensemble = models[0]
+    setattr(ensemble, name, MeanNet([getattr(m, name) for m in models]))
+    rows, summary = evaluate_model(ensemble, pairs, mode, hd95=False)
     print(f"fold {args.fold} ensemble: {format_metrics(summary)}")
     if args.json:
-        out = {"summary": summary, "rows": rows, "mode": "affine", "fold": args.fold, "folds": 5, "label": args.label}
+        label = args.label or f"{args.net} net, mean of {len(models)}"
+        out = {"summary": summary, "rows": rows, "mode": mode, "fold": args.fold, "folds": 5, "label": label}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=float)
 
