@@ -435,24 +435,25 @@ def test_localiser_stage_trains_only_the_localisers_on_the_gland(dataset, tmp_pa
 def test_gland_translation_is_the_one_the_localisers_see_on_the_augmented_pair(dataset, tmp_path):
     """In training the networks see the fixed image at r_fixed x and the moving one at
     r_moving y: the gland translation must bring the glands together in that view (as at
-    inference), and fall back to the base transform where a localiser finds nothing."""
+    inference), and fall back to the volume centres where a localiser finds nothing."""
     from labelreg.model import ModelConfig, RegistrationModel
-    from labelreg.transforms import transform_points
+    from labelreg.transforms import initial_transform, transform_points
     from labelreg_training.augment import AugmentConfig, random_affine
-    from labelreg_training.train import LossModule
     model = RegistrationModel(ModelConfig.from_dict(GLAND_MODEL))
-    module = LossModule(model, _config(tmp_path, model=GLAND_MODEL), dataset)
+    fixed_grid, moving_grid = dataset.fixed_grid, dataset.moving_grid
     gen = torch.Generator().manual_seed(3)
     wild = AugmentConfig(rotation_deg=25.0, scale=0.2, translation_mm=10.0)
-    r_fixed = random_affine(2, dataset.fixed_grid.center_lps, wild, gen)
-    r_moving = random_affine(2, dataset.moving_grid.center_lps, wild, gen)
+    r_fixed = random_affine(2, fixed_grid.center_lps, wild, gen)
+    r_moving = random_affine(2, moving_grid.center_lps, wild, gen)
     fixed_c = torch.tensor([[10.0, -4.0, 7.0], [1.0, 2.0, 3.0]])
     moving_c = torch.tensor([[-3.0, 12.0, 5.0], [0.0, 0.0, 0.0]])
     found = torch.tensor([True, False])
     model.gland_centroids_lps = lambda *_: (fixed_c, moving_c, found)
-    base = module.initial.repeat(2, 1, 1)
-    initial = r_moving @ module.gland_translation(None, None, r_fixed, r_moving, base)
+    images = torch.zeros(2, 1, 1, 1, 1)
+    base = model.initial_lps(images, fixed_grid, images, moving_grid, views_lps=(r_fixed, r_moving))
+    initial = r_moving @ base
     seen_fixed_c = transform_points(torch.linalg.inv(r_fixed[:1]), fixed_c[:1, None, None, None])
     assert torch.allclose(transform_points(initial[:1], seen_fixed_c)[0, 0, 0, 0], moving_c[0], atol=1e-3)
-    assert torch.allclose(initial[1], r_moving[1] @ base[1])
+    centres = torch.as_tensor(initial_transform(fixed_grid, moving_grid, "centers"), dtype=torch.float32)
+    assert torch.allclose(initial[1], r_moving[1] @ centres)
     assert torch.equal(initial[0, :3, :3], r_moving[0, :3, :3])  # a translation only, before r_moving

@@ -95,9 +95,8 @@ class LossModule(nn.Module):
         self.fixed_grid, self.moving_grid = data.fixed_grid, data.moving_grid
         self.aug = augment.AugmentConfig(**cfg.augment)
         alignment = model.config.initial_alignment
-        # the "gland" alignment starts from the centres where a localiser finds no gland
-        self.initial = torch.as_tensor(initial_transform(
-            data.fixed_grid, data.moving_grid, "centers" if alignment == "gland" else alignment), dtype=torch.float32)
+        self.initial = None if alignment == "gland" else torch.as_tensor(
+            initial_transform(data.fixed_grid, data.moving_grid, alignment), dtype=torch.float32)
 
     def forward(self, fixed, moving, fixed_label, moving_label, gen: torch.Generator):
         cfg, aug, model = self.cfg, self.aug, self.model
@@ -112,9 +111,11 @@ class LossModule(nn.Module):
             b, net_grid.shape_zyx, aug, gen, dev)
         fixed = augment.intensity(fixed, aug, gen)
         moving = augment.intensity(moving, aug, gen)
-        base = self.initial.to(dev).repeat(b, 1, 1)
-        if model.config.initial_alignment == "gland":
-            base = self.gland_translation(fixed, moving, r_fixed, r_moving, base)
+        if self.initial is None:  # the frozen localisers' gland translation, as seen on the augmented pair
+            with torch.no_grad():
+                base = model.initial_lps(fixed, self.fixed_grid, moving, self.moving_grid, views_lps=(r_fixed, r_moving))
+        else:
+            base = self.initial.to(dev)
         initial = r_moving @ base
         residual = (augment.random_affine(b, self.fixed_grid.center_lps, aug.residual, gen).to(dev)
                     if aug.has_residual and STAGES[cfg.stage] != "affine" else None)
@@ -130,25 +131,6 @@ class LossModule(nn.Module):
         bending = losses.bending_energy(ddf, spacing) if ddf is not None else torch.zeros((), device=dev)
         loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
         return loss, torch.stack([dice.detach(), ce.detach(), bending.detach()])
-
-    @torch.no_grad()
-    def gland_translation(self, fixed, moving, r_fixed, r_moving, base):
-        """The translation the frozen localisers give on the augmented pair, as at inference.
-
-        The network sees the fixed image at ``r_fixed x`` and the moving one at ``r_moving y``,
-        so the glands it sees are at ``r_fixed^-1 c_fixed`` and ``r_moving^-1 c_moving`` (the
-        centroids predicted on the original images; the localisers are close to equivariant).
-        """
-        fixed_c, moving_c, found = self.model.gland_centroids_lps(fixed, self.fixed_grid, moving, self.moving_grid)
-
-        def seen(r, c):
-            r = torch.linalg.inv(r)
-            return (r[:, :3, :3] @ c[:, :, None])[:, :, 0] + r[:, :3, 3]
-
-        shift = seen(r_moving, moving_c) - seen(r_fixed, fixed_c)
-        base = base.clone()
-        base[:, :3, 3] = torch.where(found[:, None], shift, base[:, :3, 3])
-        return base
 
     def localiser_loss(self, fixed, moving, fixed_gland, moving_gland, gen: torch.Generator):
         """Soft Dice + cross-entropy of each localiser's gland prediction, each image with its own

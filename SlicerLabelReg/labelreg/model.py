@@ -98,13 +98,19 @@ class RegistrationModel(nn.Module):
         return fixed_grid.resampled(self.config.grid_spacing_mm, self.grid_multiple)
 
     def initial_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                    alignment: str | None = None) -> torch.Tensor:
+                    alignment: str | None = None, views_lps: tuple | None = None) -> torch.Tensor:
         """(B, 4, 4) fixed -> moving LPS transform that starts the registration.
 
         ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
         localiser segments its (normalised) image on a ``localiser_spacing`` grid, and the
         translation takes the predicted TRUS gland centroid to the predicted MR one; a pair
         where either prediction is empty falls back to the volume centres.
+
+        ``views_lps`` (training augmentation): (B, 4, 4) affines (r_fixed, r_moving) through which
+        the networks see the images (the fixed at ``r_fixed x``, the moving at ``r_moving y``).
+        The gland translation is then the one between the glands as seen,
+        ``r_moving^-1 c_moving - r_fixed^-1 c_fixed``, i.e. what the localisers would give on the
+        augmented pair (they are close to equivariant), as at inference.
         """
         alignment = alignment or self.config.initial_alignment
         if alignment not in ALIGNMENTS:
@@ -115,6 +121,9 @@ class RegistrationModel(nn.Module):
         if alignment != "gland":
             return out
         fixed_c, moving_c, found = self.gland_centroids_lps(fixed, fixed_grid, moving, moving_grid)
+        if views_lps is not None:
+            fixed_c, moving_c = (transform_points(torch.linalg.inv(view), c[:, None, None, None])[:, 0, 0, 0]
+                                 for view, c in zip(views_lps, (fixed_c, moving_c)))
         out[:, :3, 3] = torch.where(found[:, None], moving_c - fixed_c, out[:, :3, 3])
         return out
 
