@@ -6,17 +6,11 @@
 #   usage: train_fold.sh DATA OUT FOLD [fit flags for every stage, e.g. --resume or --threads 1]
 #
 # DATA is a data folder (public layout) or a data cache file. Per-stage flags come from
-# GLOBAL_ARGS, LOCAL_ARGS and JOINT_ARGS; the defaults are the CPU recipe of the bundled model.
+# GLOBAL_ARGS, LOCAL_ARGS and JOINT_ARGS; the defaults are the CPU recipe of the first bundled model.
 # LABELREG_TRAIN overrides the command (default: labelreg-train).
-set -euo pipefail
-if [ $# -lt 3 ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-fi
-data=$1 out=$2 fold=$3
-shift 3
-train=${LABELREG_TRAIN:-labelreg-train}
-fit() { $train fit --data "$data" --fold "$fold" "$@"; }
+
+# shellcheck source=fold_args.sh
+. "$(dirname "$0")/fold_args.sh"
 # shellcheck disable=SC2086 # the *_ARGS are flag lists
 fit --out "$out/global" --stage global ${GLOBAL_ARGS:---steps 2500 --lr 3e-4 --lr-final 1e-5 --val-every 125} "$@"
 # shellcheck disable=SC2086

@@ -9,16 +9,9 @@
 # CONFIG (default: LabelRegTraining/configs/gland_alignment.json). With LOCALISER=PATH the
 # localiser stage is skipped and the local net starts from that checkpoint (another seed of the
 # local stage on the same localisers). LABELREG_TRAIN overrides the command (default: labelreg-train).
-set -euo pipefail
-if [ $# -lt 3 ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-fi
-data=$1 out=$2 fold=$3
-shift 3
-train=${LABELREG_TRAIN:-labelreg-train}
 config=${CONFIG:-$(dirname "$0")/../configs/gland_alignment.json}
-fit() { $train fit --data "$data" --fold "$fold" --config "$config" "$@"; }
+# shellcheck source=fold_args.sh
+. "$(dirname "$0")/fold_args.sh"
 localiser=${LOCALISER:-$out/localiser/best.pt}
 if [ -z "${LOCALISER:-}" ]; then
     # shellcheck disable=SC2086 # the *_ARGS are flag lists
