@@ -414,6 +414,24 @@ def test_training_starts_from_the_frozen_gland_localisers(dataset, tmp_path):
     assert not torch.equal(initial["global_net.head.bias"], trained["global_net.head.bias"])
 
 
+def test_local_net_with_gland_inputs_trains_on_the_frozen_localisers(dataset, tmp_path):
+    """``local_gland_inputs``: the local-only stage trains a 4-channel local net on the frozen
+    localisers' maps; the loss falls and the localisers do not move."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    model_cfg = {**GLAND_MODEL, "local_gland_inputs": True}
+    cfg = _config(tmp_path, stage="local_only", steps=60, lr=3e-3, lr_final=3e-3, model=model_cfg)
+    torch.manual_seed(0)
+    initial = RegistrationModel(ModelConfig.from_dict(model_cfg))
+    before = _fixed_batch_loss(initial, cfg, dataset)
+    train(cfg, dataset, log=lambda *_: None)
+    trained = RegistrationModel(ModelConfig.from_dict(model_cfg))
+    trained.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"])
+    assert trained.local_net.in_channels == 4
+    assert _fixed_batch_loss(trained, cfg, dataset) < 0.97 * before
+    state = initial.state_dict()
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in state.items() if k.startswith("localisers."))
+
+
 def test_localiser_stage_trains_only_the_localisers_on_the_gland(dataset, tmp_path):
     from labelreg.model import ModelConfig, RegistrationModel
     train(_config(tmp_path, stage="localiser", model=GLAND_MODEL, steps=3), dataset, log=lambda *_: None)

@@ -111,9 +111,13 @@ class LossModule(nn.Module):
             b, net_grid.shape_zyx, aug, gen, dev)
         fixed = augment.intensity(fixed, aug, gen)
         moving = augment.intensity(moving, aug, gen)
-        if self.initial is None:  # the frozen localisers' gland translation, as seen on the augmented pair
+        # the frozen localisers' gland maps, when the model uses them (computed once per step)
+        maps = (model.gland_maps(fixed, self.fixed_grid, moving, self.moving_grid)
+                if model.uses_gland_maps(model.config.initial_alignment, STAGES[cfg.stage]) else None)
+        if self.initial is None:  # the gland translation, as seen on the augmented pair
             with torch.no_grad():
-                base = model.initial_lps(fixed, self.fixed_grid, moving, self.moving_grid, views_lps=(r_fixed, r_moving))
+                base = model.initial_lps(fixed, self.fixed_grid, moving, self.moving_grid, views_lps=(r_fixed, r_moving),
+                                         gland_maps=maps)
         else:
             base = self.initial.to(dev)
         initial = r_moving @ base
@@ -121,7 +125,7 @@ class LossModule(nn.Module):
                     if aug.has_residual and STAGES[cfg.stage] != "affine" else None)
         affine, ddf, net_grid, _ = model.forward_pair(
             fixed, self.fixed_grid, moving, self.moving_grid, initial, STAGES[cfg.stage],
-            fixed_points_lps=fixed_points, train_global=cfg.stage != "local", residual_lps=residual)
+            fixed_points_lps=fixed_points, train_global=cfg.stage != "local", residual_lps=residual, gland_maps=maps)
         warped = sample(moving_label, self.moving_grid, transform_points(affine, points, ddf)).clamp(0, 1)
         target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
         spacing = net_grid.spacing

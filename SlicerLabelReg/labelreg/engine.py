@@ -171,14 +171,20 @@ class RegistrationEngine:
 
         fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
         moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
-        step(0.1, "finding the gland" if isinstance(alignment, str) and alignment == "gland" else "aligning", "preprocess")
+        maps = None
+        if self.model.uses_gland_maps(alignment, mode):
+            step(0.1, "finding the gland", "preprocess")
+            maps = self.model.gland_maps(fixed, fixed_grid, moving, moving_grid)
+        else:
+            step(0.1, "aligning", "preprocess")
         if isinstance(alignment, str):
-            initial = self.model.initial_lps(fixed, fixed_grid, moving, moving_grid, alignment)
+            initial = self.model.initial_lps(fixed, fixed_grid, moving, moving_grid, alignment, gland_maps=maps)
         else:
             initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev).expand(len(pairs), 4, 4)
         step(0.2, "running the networks", "alignment")
 
-        affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode)
+        affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode,
+                                                               gland_maps=maps)
         step(0.6, "composing the transform", "network")
 
         points = fixed_grid.points_lps(device=dev)

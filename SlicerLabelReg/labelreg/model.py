@@ -36,6 +36,9 @@ class ModelConfig:
         localiser: constructor arguments of the two :class:`GlandLocaliser` (TRUS, MR), or None.
         localiser_spacing_mm: isotropic spacing of the grid each localiser sees its image on
             (default: ``grid_spacing_mm``), so the registration nets can work finer or coarser.
+        local_gland_inputs: the local net also sees the gland probability maps the two
+            localisers predict (the fixed one, and the moving one warped like the moving image):
+            4 input channels instead of 2. Still images only: the maps come from the images.
     """
 
     grid_spacing_mm: float = 3.0
@@ -46,6 +49,7 @@ class ModelConfig:
     local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4, "norm": "instance"})
     localiser: dict | None = None
     localiser_spacing_mm: float | None = None
+    local_gland_inputs: bool = False
     format_version: int = FORMAT_VERSION
 
     @property
@@ -57,6 +61,10 @@ class ModelConfig:
             raise ValueError(f"initial_alignment must be one of {ALIGNMENTS}")
         if self.initial_alignment == "gland" and self.localiser is None:
             raise ValueError("initial_alignment 'gland' needs a localiser (its constructor arguments, e.g. {})")
+        if self.local_gland_inputs and self.localiser is None:
+            raise ValueError("local_gland_inputs needs a localiser (its constructor arguments, e.g. {})")
+        if "in_channels" in self.local_net:
+            raise ValueError("local_net: set local_gland_inputs instead of in_channels")
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
 
     def to_dict(self) -> dict:
@@ -85,7 +93,7 @@ class RegistrationModel(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         self.global_net = GlobalNet(**self.config.global_net)
-        self.local_net = LocalNet(**self.config.local_net)
+        self.local_net = LocalNet(**self.config.local_net, in_channels=4 if self.config.local_gland_inputs else 2)
         self.localisers = None if self.config.localiser is None else nn.ModuleDict(
             {"fixed": GlandLocaliser(**self.config.localiser), "moving": GlandLocaliser(**self.config.localiser)})
 
@@ -97,14 +105,32 @@ class RegistrationModel(nn.Module):
         """The grid the networks see: around the fixed image, at ``grid_spacing_mm``."""
         return fixed_grid.resampled(self.config.grid_spacing_mm, self.grid_multiple)
 
+    def uses_gland_maps(self, alignment, mode: str) -> bool:
+        """Whether registering in ``mode`` from ``alignment`` runs the localisers (compute
+        :meth:`gland_maps` once and pass them to :meth:`initial_lps` and :meth:`forward_pair`)."""
+        gland = isinstance(alignment, str) and alignment == "gland"
+        return gland or (self.config.local_gland_inputs and mode != "affine")
+
+    def gland_maps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid) -> tuple:
+        """The gland probabilities the two localisers predict, each on its ``localiser_spacing``
+        grid: ((fixed (B, 1, ...), its Grid), (moving (B, 1, ...), its Grid)). No gradients."""
+        if self.localisers is None:
+            raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
+        spacing = self.config.localiser_spacing
+        with torch.no_grad():
+            return (gland_probability(self.localisers["fixed"], fixed, fixed_grid, spacing),
+                    gland_probability(self.localisers["moving"], moving, moving_grid, spacing))
+
     def initial_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                    alignment: str | None = None, views_lps: tuple | None = None) -> torch.Tensor:
+                    alignment: str | None = None, views_lps: tuple | None = None,
+                    gland_maps: tuple | None = None) -> torch.Tensor:
         """(B, 4, 4) fixed -> moving LPS transform that starts the registration.
 
         ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
         localiser segments its (normalised) image on a ``localiser_spacing`` grid, and the
         translation takes the predicted TRUS gland centroid to the predicted MR one; a pair
-        where either prediction is empty falls back to the volume centres.
+        where either prediction is empty falls back to the volume centres. ``gland_maps``: the
+        :meth:`gland_maps` of these images, when already computed.
 
         ``views_lps`` (training augmentation): (B, 4, 4) affines (r_fixed, r_moving) through which
         the networks see the images (the fixed at ``r_fixed x``, the moving at ``r_moving y``).
@@ -120,21 +146,20 @@ class RegistrationModel(nn.Module):
         out = out.repeat(fixed.shape[0], 1, 1)
         if alignment != "gland":
             return out
-        fixed_c, moving_c, found = self.gland_centroids_lps(fixed, fixed_grid, moving, moving_grid)
+        fixed_c, moving_c, found = self.gland_centroids_lps(fixed, fixed_grid, moving, moving_grid, gland_maps)
         if views_lps is not None:
             fixed_c, moving_c = (transform_points(torch.linalg.inv(view), c[:, None, None, None])[:, 0, 0, 0]
                                  for view, c in zip(views_lps, (fixed_c, moving_c)))
         out[:, :3, 3] = torch.where(found[:, None], moving_c - fixed_c, out[:, :3, 3])
         return out
 
-    def gland_centroids_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid):
+    def gland_centroids_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                            gland_maps: tuple | None = None):
         """The gland centroids the two localisers predict: ((B, 3) fixed LPS, (B, 3) moving LPS,
         (B,) bool: both predictions are non-empty)."""
-        if self.localisers is None:
-            raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
-        spacing = self.config.localiser_spacing
-        fixed_c, fixed_found = gland_centroid_lps(self.localisers["fixed"], fixed, fixed_grid, spacing)
-        moving_c, moving_found = gland_centroid_lps(self.localisers["moving"], moving, moving_grid, spacing)
+        (fixed_p, fixed_g), (moving_p, moving_g) = gland_maps or self.gland_maps(fixed, fixed_grid, moving, moving_grid)
+        fixed_c, fixed_found = probability_centroid_lps(fixed_p, fixed_g)
+        moving_c, moving_found = probability_centroid_lps(moving_p, moving_g)
         return fixed_c, moving_c, fixed_found & moving_found
 
     def forward_pair(
@@ -148,6 +173,7 @@ class RegistrationModel(nn.Module):
         fixed_points_lps: torch.Tensor | None = None,
         train_global: bool = True,
         residual_lps: torch.Tensor | None = None,
+        gland_maps: tuple | None = None,
     ):
         """Register a batch of pairs.
 
@@ -163,6 +189,8 @@ class RegistrationModel(nn.Module):
             residual_lps: (B, 4, 4) training only: a misalignment composed after the global
                 net and before the local net (``affine_lps @ residual_lps``), which the local
                 net has to undo.
+            gland_maps: :meth:`gland_maps` of these images when already computed (models with
+                ``local_gland_inputs``; computed here otherwise).
 
         Returns:
             (affine_lps (B, 4, 4), ddf_lps (B, D, H, W, 3) or None, net_grid, fixed_net) where
@@ -185,8 +213,13 @@ class RegistrationModel(nn.Module):
             affine_lps = affine_lps.detach()
         if residual_lps is not None:
             affine_lps = affine_lps @ residual_lps.to(affine_lps.dtype)
-        moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
-        ddf_grid = self.local_net(torch.cat([fixed_net, moving_net], dim=1))
+        moving_points = transform_points(affine_lps, points)
+        inputs = [fixed_net, sample(moving, moving_grid, moving_points)]
+        if self.config.local_gland_inputs:  # the gland maps, seen where the images are
+            (fixed_p, fixed_g), (moving_p, moving_g) = gland_maps or self.gland_maps(fixed, fixed_grid, moving, moving_grid)
+            inputs += [sample(fixed_p, fixed_g, points if fixed_points_lps is None else fixed_points_lps),
+                       sample(moving_p, moving_g, moving_points)]
+        ddf_grid = self.local_net(torch.cat(inputs, dim=1))
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
 
 
@@ -195,13 +228,26 @@ def localiser_grid(grid: Grid, spacing_mm: float, localiser: GlandLocaliser) -> 
     return grid.resampled(spacing_mm, localiser.multiple)
 
 
-def gland_centroid_lps(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
-    """Centroid (LPS mm) of the gland ``localiser`` predicts in ``image`` (B, 1, z, y, x) on
-    ``grid``, resampled at ``spacing_mm``: the probability-weighted centroid of the voxels above
-    0.5. Returns ((B, 3) centroids, (B,) bool: a voxel above 0.5 was found)."""
-    points = localiser_grid(grid, spacing_mm, localiser).points_lps(dtype=image.dtype, device=image.device)
-    probability = torch.sigmoid(localiser(sample(image, grid, points)))[:, 0]
-    weights = probability * (probability > 0.5)
+def gland_probability(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
+    """The gland probability ``localiser`` predicts in ``image`` (B, 1, z, y, x) on ``grid``,
+    resampled at ``spacing_mm``: ((B, 1, ...) probabilities, the Grid they lie on)."""
+    lgrid = localiser_grid(grid, spacing_mm, localiser)
+    points = lgrid.points_lps(dtype=image.dtype, device=image.device)
+    return torch.sigmoid(localiser(sample(image, grid, points))), lgrid
+
+
+def probability_centroid_lps(probability: torch.Tensor, grid: Grid):
+    """Centroid (LPS mm) of (B, 1, ...) gland probabilities on ``grid``: the probability-weighted
+    centroid of the voxels above 0.5. Returns ((B, 3) centroids, (B,) bool: a voxel above 0.5)."""
+    p = probability[:, 0]
+    weights = p * (p > 0.5)
     mass = weights.flatten(1).sum(1)
+    points = grid.points_lps(dtype=p.dtype, device=p.device)
     centroid = torch.einsum("bzyx,zyxc->bc", weights, points) / mass.clamp_min(1e-12)[:, None]
     return centroid, mass > 0
+
+
+def gland_centroid_lps(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
+    """Centroid (LPS mm) of the gland ``localiser`` predicts in ``image`` on ``grid`` resampled at
+    ``spacing_mm`` (:func:`gland_probability`, then :func:`probability_centroid_lps`)."""
+    return probability_centroid_lps(*gland_probability(localiser, image, grid, spacing_mm))

@@ -87,9 +87,9 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int):
     return F.pad(x, pad, mode="replicate"), shape
 
 
-def _check_input(x: torch.Tensor, name: str):
-    if x.dim() != 5 or x.shape[1] != 2:
-        raise ValueError(f"{name} expects (B, 2, D, H, W) fixed+moving images, got {tuple(x.shape)}")
+def _check_input(x: torch.Tensor, name: str, channels: int = 2):
+    if x.dim() != 5 or x.shape[1] != channels:
+        raise ValueError(f"{name} expects (B, {channels}, D, H, W) fixed+moving inputs, got {tuple(x.shape)}")
 
 
 HEADS = ("dense", "keypoints")
@@ -199,12 +199,16 @@ def fit_affine_params(fixed_points: torch.Tensor, moving_points: torch.Tensor, r
 
 class LocalNet(nn.Module):
     """U-Net-like encoder-decoder; a displacement is read out at every decoder level, upsampled
-    trilinearly to the input size and summed (the paper's "summed DDF")."""
+    trilinearly to the input size and summed (the paper's "summed DDF").
 
-    def __init__(self, base_channels: int = 16, levels: int = 4, norm: str = "instance"):
+    ``in_channels``: 2 (fixed and moving image), or 4 with the two gland maps the localisers
+    predict from those images (:attr:`ModelConfig.local_gland_inputs`)."""
+
+    def __init__(self, base_channels: int = 16, levels: int = 4, norm: str = "instance", in_channels: int = 2):
         super().__init__()
-        self.config = {"base_channels": base_channels, "levels": levels, "norm": norm}
-        self.encoder = Encoder(2, base_channels, levels, norm)
+        self.config = {"base_channels": base_channels, "levels": levels, "norm": norm, "in_channels": in_channels}
+        self.in_channels = in_channels
+        self.encoder = Encoder(in_channels, base_channels, levels, norm)
         channels = self.encoder.channels
         self.up = nn.ModuleList()
         self.decode = nn.ModuleList()
@@ -223,8 +227,8 @@ class LocalNet(nn.Module):
         return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, D, H, W) -> (B, 3, D, H, W) displacement in mm along the grid's (i, j, k) axes."""
-        _check_input(x, "LocalNet")
+        """(B, in_channels, D, H, W) -> (B, 3, D, H, W) displacement in mm along the grid's (i, j, k) axes."""
+        _check_input(x, "LocalNet", self.in_channels)
         x, shape = _pad_to_multiple(x, self.multiple)
         features = self.encoder(x)
         y = features[-1]
