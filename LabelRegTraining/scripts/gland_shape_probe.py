@@ -21,7 +21,7 @@ import time
 
 import torch
 from labelreg.metrics import evaluate_pair, format_metrics, summarize
-from labelreg.model import localiser_grid, normalize_intensity
+from labelreg.model import gland_probability, normalize_intensity, probability_centroid_lps
 from labelreg.transforms import transform_points
 from labelreg.warp import sample
 from labelreg_training.data import validation_cases
@@ -36,23 +36,16 @@ def gland_map(model, role, volume, labels, masks):
     """(1, 1, z, y, x) gland map and its grid: the true label, or the localiser's probability."""
     if masks == "labels":
         return torch.from_numpy(labels.channels[:1].astype("float32"))[None], volume.grid
-    localiser = model.localisers[role]
-    grid = localiser_grid(volume.grid, model.config.localiser_spacing, localiser)
     image = torch.from_numpy(normalize_intensity(volume.array, model.config.intensity_percentiles))[None, None]
     with torch.no_grad():
-        return torch.sigmoid(localiser(sample(image, volume.grid, grid.points_lps()))), grid
-
-
-def centroid(gland, grid):
-    weights = gland[0, 0] * (gland[0, 0] > 0.5)
-    return torch.einsum("zyx,zyxc->c", weights, grid.points_lps()) / weights.sum().clamp_min(1e-12)
+        return gland_probability(model.localisers[role], image, volume.grid, model.config.localiser_spacing)
 
 
 def fit_pair(fixed_map, fixed_grid, moving_map, moving_grid, net_grid, fit, iters, bending, lr, scales):
     """(affine_lps (4, 4), ddf (1, D, H, W, 3) or None): moving point of x = affine (x + ddf(x))."""
     points = net_grid.points_lps()
     target = sample(fixed_map, fixed_grid, points)
-    c_fixed, c_moving = centroid(fixed_map, fixed_grid), centroid(moving_map, moving_grid)
+    c_fixed, c_moving = (probability_centroid_lps(m, g)[0][0] for m, g in ((fixed_map, fixed_grid), (moving_map, moving_grid)))
     linear = torch.zeros(3, 4, requires_grad=True)  # about the fixed gland centroid
     ddf = torch.zeros(1, *net_grid.shape_zyx, 3, requires_grad=True)
     params = ([linear] if "affine" in fit else []) + ([ddf] if "ddf" in fit else [])
