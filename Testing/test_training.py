@@ -12,7 +12,7 @@ from labelreg.model_io import load_model
 from labelreg.phantom import make_pair, write_pair
 from labelreg_training import losses
 from labelreg_training.data import kfold_by_subject, load_dataset
-from labelreg_training.train import TrainConfig, draw_batch, train
+from labelreg_training.train import TrainConfig, draw_batch, set_trainable, train
 
 SPACING = (0.8, 1.3, 2.1)
 NO_AUGMENT = {"rotation_deg": 0.0, "scale": 0.0, "translation_mm": 0.0, "deformation_mm": 0.0,
@@ -416,12 +416,20 @@ def test_training_starts_from_the_frozen_gland_localisers(dataset, tmp_path):
 
 def test_local_net_with_gland_inputs_trains_on_the_frozen_localisers(dataset, tmp_path):
     """``local_gland_inputs``: the local-only stage trains a 4-channel local net on the frozen
-    localisers' maps; the loss falls and the localisers do not move."""
+    localisers of a localiser-stage checkpoint (whose local net has 2 inputs and is dropped);
+    the loss falls and the localisers do not move."""
     from labelreg.model import ModelConfig, RegistrationModel
+    from labelreg_training.train import load_init
+    train(_config(tmp_path / "loc", stage="localiser", model=GLAND_MODEL, steps=2), dataset, log=lambda *_: None)
+    localisers = tmp_path / "loc" / "run" / "checkpoint.pt"
     model_cfg = {**GLAND_MODEL, "local_gland_inputs": True}
-    cfg = _config(tmp_path, stage="local_only", steps=60, lr=3e-3, lr_final=3e-3, model=model_cfg)
-    torch.manual_seed(0)
+    cfg = _config(tmp_path, stage="local_only", steps=60, lr=3e-3, lr_final=3e-3, model=model_cfg,
+                  init_from=str(localisers))
     initial = RegistrationModel(ModelConfig.from_dict(model_cfg))
+    set_trainable(initial, "local_only")
+    messages = []
+    load_init(initial, torch.load(localisers, weights_only=True)["model"], messages.append)
+    assert messages == ["init_from: local_net changed shape; it starts from fresh weights"]
     before = _fixed_batch_loss(initial, cfg, dataset)
     train(cfg, dataset, log=lambda *_: None)
     trained = RegistrationModel(ModelConfig.from_dict(model_cfg))
@@ -430,6 +438,11 @@ def test_local_net_with_gland_inputs_trains_on_the_frozen_localisers(dataset, tm
     assert _fixed_batch_loss(trained, cfg, dataset) < 0.97 * before
     state = initial.state_dict()
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in state.items() if k.startswith("localisers."))
+    # a frozen network may not change shape: other localisers are an error that says so
+    other = RegistrationModel(ModelConfig.from_dict({**model_cfg, "localiser": {"base_channels": 3, "levels": 2}}))
+    set_trainable(other, "local_only")
+    with pytest.raises(ValueError, match="this stage does not train it"):
+        load_init(other, torch.load(localisers, weights_only=True)["model"])
 
 
 def test_localiser_stage_trains_only_the_localisers_on_the_gland(dataset, tmp_path):

@@ -178,6 +178,27 @@ def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
             stack([c.moving_labels[ch:ch + 1] for c, ch in zip(chosen, channels)]))
 
 
+def load_init(model: RegistrationModel, state: dict, log=print):
+    """``init_from``: copy a checkpoint's weights into ``model``. A network this stage trains may
+    have another shape in the model (e.g. a local net with gland-map inputs on top of a localiser
+    checkpoint): that network then keeps its fresh initial weights. Any other mismatch is an error."""
+    own = model.state_dict()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    changed = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    for k in changed:
+        if k not in trained:
+            raise ValueError(f"--init-from: {k} is {tuple(state[k].shape)} in the checkpoint but {tuple(own[k].shape)} "
+                             "in this model, and this stage does not train it: start from a matching checkpoint")
+    fresh = sorted({k.split(".")[0] for k in changed})
+    if fresh:
+        log(f"init_from: {', '.join(fresh)} changed shape; it starts from fresh weights")
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in fresh}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k.split(".")[0] not in fresh for k in missing):
+        raise ValueError(f"--init-from: the checkpoint does not match this model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
 def set_trainable(model: RegistrationModel, stage: str):
     if stage == "localiser" and model.localisers is None:
         raise ValueError("stage 'localiser' needs a model with gland localisers: set model.localiser (e.g. "
@@ -270,11 +291,11 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
     run = cfg.seed + 1000 * cfg.run_seed
     torch.manual_seed(run)  # the same initial weights on every rank and every rerun
     model = RegistrationModel(ModelConfig.from_dict(cfg.model))
+    set_trainable(model, cfg.stage)
     if cfg.init_from:
         state = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("model", state.get("state_dict")))
+        load_init(model, state.get("model", state.get("state_dict")), log)
     model.to(device)
-    set_trainable(model, cfg.stage)
     head = [p for p in model.global_net.head.parameters() if p.requires_grad]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("global_net.head.")]
     optimizer = torch.optim.Adam([{"params": rest, "lr_scale": 1.0}, {"params": head, "lr_scale": cfg.head_lr_scale}],
