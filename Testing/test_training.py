@@ -364,6 +364,8 @@ def test_report_pools_folds_and_plots(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     # pooled: TRE median of [1..5] = 3, p90 = 4.6; Dice median of [0.9, 0.7, 0.8] = 0.8
     assert line.startswith("| composite | 0,1 | 3 | 3.00 | 4.60 | 0.800 |")
+    assert train_main(["report", str(tmp_path / "f0.json"), str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
     log = tmp_path / "log.csv"
     log.write_text("step,loss,dice_loss,ce,bending,lr,seconds,tune_tre_median_mm,tune_tre_p90_mm,tune_dice_median,"
                    "tune_dice_p10\n10,1.0,0.5,0,0,0.001,1,,,,\n20,0.8,0.4,0,0,0.001,2,6.0,9.0,0.7,0.6\n")

@@ -116,7 +116,11 @@ def _report(args) -> int:
 
     groups = {}
     for path in args.files:
-        blob = json.loads(Path(path).read_text())
+        try:
+            blob = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise LabelRegError(f"report: cannot read {path} ({exc}); pass evaluation JSON files written by "
+                                "'labelreg-train evaluate --json'") from exc
         label = blob.get("label") or f"{blob.get('mode')} ({Path(path).stem})"
         groups.setdefault(label, []).append(blob)
     print("| method | folds | pairs | TRE median (mm) | TRE p90 (mm) | Dice median | Dice p10 | HD95 median (mm) "
