@@ -48,7 +48,8 @@ def fit_pair(fixed_map, fixed_grid, moving_map, moving_grid, net_grid, fit, iter
     c_fixed, c_moving = (probability_centroid_lps(m, g)[0][0] for m, g in ((fixed_map, fixed_grid), (moving_map, moving_grid)))
     linear = torch.zeros(3, 4, requires_grad=True)  # about the fixed gland centroid
     ddf = torch.zeros(1, *net_grid.shape_zyx, 3, requires_grad=True)
-    params = ([linear] if "affine" in fit else []) + ([ddf] if "ddf" in fit else [])
+    field = ddf if "ddf" in fit else None
+    params = ([linear] if "affine" in fit else []) + ([ddf] if field is not None else [])
 
     def affine():
         shift, centre = torch.eye(4), torch.eye(4)
@@ -60,7 +61,6 @@ def fit_pair(fixed_map, fixed_grid, moving_map, moving_grid, net_grid, fit, iter
         opt = torch.optim.Adam(params, lr=lr)
         for _ in range(iters):
             opt.zero_grad()
-            field = ddf if "ddf" in fit else None
             warped = sample(moving_map, moving_grid, transform_points(affine()[None], points[None], field))
             loss = multiscale_dice(warped, target, net_grid.spacing, scales)
             if field is not None:
@@ -68,7 +68,7 @@ def fit_pair(fixed_map, fixed_grid, moving_map, moving_grid, net_grid, fit, iter
             loss.backward()
             opt.step()
     with torch.no_grad():
-        return affine(), (ddf.detach() if "ddf" in fit else None)
+        return affine(), (None if field is None else field.detach())
 
 
 def main():

@@ -80,8 +80,8 @@ def main():
                 predicted = view_centroid(model, role, volume, views)
                 true = centroid_lps(labels.channels[0], volume.grid)
                 errors[role].append(np.linalg.norm(predicted - true))
-                centres[role] = (predicted, labels, volume.grid)
-            shift = centres["moving"][0] - centres["fixed"][0]
+                centres[role] = predicted
+            shift = centres["moving"] - centres["fixed"]
             for lm in range(1, fixed_labels.channels.shape[0]):
                 f = centroid_lps(fixed_labels.channels[lm], fixed.grid)
                 m = centroid_lps(moving_labels.channels[lm], moving.grid)
