@@ -3,6 +3,7 @@ DDP with two gloo processes, export."""
 import json
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,9 +104,43 @@ def test_gland_is_drawn_twice_as_often_as_each_landmark(dataset):
     gen = torch.Generator().manual_seed(0)
     counts = np.zeros(3)
     for _ in range(1200):
-        _, _, fixed_label, _ = draw_batch(case, cfg, gen, "cpu")
+        _, _, fixed_label, _, weights = draw_batch(case, cfg, gen, "cpu")
+        assert fixed_label.shape[1] == 1 and weights.tolist() == [[1.0]]
         counts[[int(torch.equal(fixed_label[0, 0], case[0].fixed_labels[c].float())) for c in range(3)].index(1)] += 1
     assert counts[0] / counts[1:].mean() == pytest.approx(2.0, rel=0.15)
+
+
+def test_all_labels_draw_weighs_them_as_the_one_label_draw_does_on_average(dataset, tmp_path):
+    """label_draw "all": every label of a case at once, weighted gland 2 : landmark 1, so its
+    loss is the expected loss of the paper's one-label draw (same pair, same augmentation)."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    from labelreg_training.train import LossModule, set_trainable
+    case = dataset.cases["case000"]  # gland + 2 landmarks
+    fixed, moving, fixed_labels, moving_labels, weights = draw_batch([case], _config(tmp_path, batch_size=1,
+                                                                                       label_draw="all"),
+                                                                     torch.Generator().manual_seed(0), "cpu")
+    assert torch.equal(fixed_labels[0], case.fixed_labels.float()) and torch.equal(moving_labels[0], case.moving_labels.float())
+    assert weights[0].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    # cases with fewer labels are padded with empty maps that weigh nothing
+    small = replace(case, fixed_labels=case.fixed_labels[:2], moving_labels=case.moving_labels[:2])
+    _, _, padded, _, w = draw_batch([small, case], _config(tmp_path, batch_size=8, label_draw="all"),
+                                    torch.Generator().manual_seed(1), "cpu")
+    for labels, row in zip(padded, w):
+        n = int((row > 0).sum())
+        assert row.sum().item() == pytest.approx(1.0) and labels[n:].abs().sum() == 0
+    cfg = _config(tmp_path, stage="local", label_draw="all")
+    torch.manual_seed(0)
+    model = RegistrationModel(ModelConfig.from_dict(cfg.model))
+    set_trainable(model, "local")
+    module = LossModule(model, cfg, dataset)
+    with torch.no_grad():
+        _, terms = module(fixed, moving, fixed_labels, moving_labels, weights, torch.Generator().manual_seed(5))
+        each = [module(fixed, moving, fixed_labels[:, c:c + 1], moving_labels[:, c:c + 1], torch.ones(1, 1),
+                       torch.Generator().manual_seed(5))[1][0] for c in range(3)]
+    assert terms[0].item() == pytest.approx(sum(w * d for w, d in zip(weights[0].tolist(), each)).item(), rel=1e-5)
+    assert len({round(d.item(), 6) for d in each}) == 3  # the labels do differ
+    with pytest.raises(ValueError, match="label_draw must be one of"):
+        _config(tmp_path, label_draw="some")
 
 
 def test_cache_is_reused(dataset, tmp_path):
@@ -157,7 +192,7 @@ GLAND_MODEL = {**SMALL_MODEL, "initial_alignment": "gland", "localiser": {"base_
 @pytest.mark.parametrize("stage", ["global", "local", "localiser"])
 def test_smoke_training_decreases_the_loss(dataset, tmp_path, stage):
     from labelreg.model import ModelConfig, RegistrationModel
-    cfg = _config(tmp_path, stage=stage, steps=60, lr=3e-3, lr_final=3e-3,
+    cfg = _config(tmp_path, stage=stage, steps=60, lr=1e-3, lr_final=1e-3,
                   model=GLAND_MODEL if stage == "localiser" else SMALL_MODEL)
     before = _fixed_batch_loss(RegistrationModel(ModelConfig.from_dict(cfg.model)), cfg, dataset)
     train(cfg, dataset, log=lambda *_: None)

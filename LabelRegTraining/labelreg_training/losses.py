@@ -48,16 +48,22 @@ def smooth_label(label: torch.Tensor, sigma_mm: float, spacing) -> torch.Tensor:
     return torch.maximum(label, gaussian_blur(label, sigma_mm, spacing))
 
 
-def weighted_cross_entropy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of (N,) per-sample values, or their ``weights``-weighted mean."""
+    return per_sample.mean() if weights is None else (per_sample * weights).sum() / weights.sum()
+
+
+def weighted_cross_entropy(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy with foreground and background mass each normalised to 1/2.
 
-    ``target`` may be soft (smoothed); the weights use its mass.
+    ``target`` may be soft (smoothed); the weights use its mass. ``weights`` (N,) weighs the
+    samples of the batch (default: equally).
     """
     pred = pred.clamp(EPS, 1 - EPS)
     dims = tuple(range(1, pred.dim()))
     fg = (target * torch.log(pred)).sum(dims) / target.sum(dims).clamp(min=EPS)
     bg = ((1 - target) * torch.log(1 - pred)).sum(dims) / (1 - target).sum(dims).clamp(min=EPS)
-    return -(fg + bg).mean() / 2
+    return -_weighted_mean(fg + bg, weights) / 2
 
 
 def soft_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,10 +74,12 @@ def soft_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 * inter + EPS) / (pred.pow(2).sum(dims) + target.pow(2).sum(dims) + EPS)
 
 
-def multiscale_dice(pred: torch.Tensor, target: torch.Tensor, spacing, sigmas_mm=(0, 1.5, 3, 6, 12)) -> torch.Tensor:
-    """1 - mean over scales and batch of soft Dice between Gaussian-blurred maps."""
+def multiscale_dice(pred: torch.Tensor, target: torch.Tensor, spacing, sigmas_mm=(0, 1.5, 3, 6, 12),
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - mean over scales and batch of soft Dice between Gaussian-blurred maps; ``weights``
+    (N,) weighs the samples of the batch (default: equally)."""
     scores = [soft_dice(gaussian_blur(pred, s, spacing), gaussian_blur(target, s, spacing)) for s in sigmas_mm]
-    return 1 - torch.stack(scores).mean()
+    return 1 - _weighted_mean(torch.stack(scores).mean(0), weights)
 
 
 def bending_energy(ddf: torch.Tensor, spacing) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .data import TUNE_FRACTION, Dataset, split_cases
 #: is the "affine" mode of a still untrained global net: the gland translation itself.
 STAGES = {"localiser": "affine", "global": "affine", "local": "deformable", "joint": "deformable",
           "local_only": "local"}
+LABEL_DRAWS = ("one", "all")
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TrainConfig:
     smoothing_mm: float = 3.0
     dice_scales_mm: tuple = (0.0, 1.5, 3.0, 6.0, 12.0)
     gland_draw_weight: float = 2.0
+    #: "one": the paper's sampling, one label per case and step, the gland drawn
+    #: ``gland_draw_weight`` times as often as each landmark; "all": every label of the case in
+    #: each step, weighted in that ratio (the expected loss of the draw, without its variance)
+    label_draw: str = "one"
     #: the affine head sees thousands of pooled features: a smaller step keeps the affine stable
     head_lr_scale: float = 0.03
     #: exponential moving average of the weights (0: off). Tuning evaluations and best.pt use the
@@ -83,6 +88,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {tuple(STAGES)}, got {self.stage!r}")
+        if self.label_draw not in LABEL_DRAWS:
+            raise ValueError(f"label_draw must be one of {LABEL_DRAWS}, got {self.label_draw!r}")
         self.dice_scales_mm = tuple(self.dice_scales_mm)
 
 
@@ -98,7 +105,8 @@ class LossModule(nn.Module):
         self.initial = None if alignment == "gland" else torch.as_tensor(
             initial_transform(data.fixed_grid, data.moving_grid, alignment), dtype=torch.float32)
 
-    def forward(self, fixed, moving, fixed_label, moving_label, gen: torch.Generator):
+    def forward(self, fixed, moving, fixed_label, moving_label, label_weights, gen: torch.Generator):
+        """One step's loss; the labels are (B, C, ...) with (B, C) ``label_weights`` (see :func:`draw_batch`)."""
         cfg, aug, model = self.cfg, self.aug, self.model
         if cfg.stage == "localiser":
             return self.localiser_loss(fixed, moving, fixed_label, moving_label, gen)
@@ -129,8 +137,11 @@ class LossModule(nn.Module):
         warped = sample(moving_label, self.moving_grid, transform_points(affine, points, ddf)).clamp(0, 1)
         target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
         spacing = net_grid.spacing
-        dice = losses.multiscale_dice(warped, target, spacing, cfg.dice_scales_mm)
-        ce = (losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing))
+        # each label map its own sample of the losses: (B, C, ...) -> (B * C, 1, ...)
+        warped, target = warped.flatten(0, 1).unsqueeze(1), target.flatten(0, 1).unsqueeze(1)
+        weights = label_weights.flatten()
+        dice = losses.multiscale_dice(warped, target, spacing, cfg.dice_scales_mm, weights)
+        ce = (losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing), weights)
               if cfg.ce_weight else torch.zeros((), device=dev))
         bending = losses.bending_energy(ddf, spacing) if ddf is not None else torch.zeros((), device=dev)
         loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
@@ -158,24 +169,44 @@ class LossModule(nn.Module):
 
 
 def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
-    """Cases uniformly; one label per case, the gland drawn ``gland_draw_weight`` times as
-    often as each landmark."""
+    """(fixed, moving, fixed labels, moving labels, label weights) of ``batch_size`` cases drawn
+    uniformly. The labels are (B, C, ...) with (B, C) weights that sum to 1 per case:
+
+    * ``label_draw`` "one" (the paper's): C = 1, one label per case, the gland drawn
+      ``gland_draw_weight`` times as often as each landmark;
+    * "all": every label of the case, weighted in that ratio; cases with fewer labels are padded
+      with empty maps of weight 0.
+
+    The localiser stage learns the gland only (C = 1)."""
     idx = torch.randint(len(cases), (cfg.batch_size,), generator=gen).tolist()
     chosen = [cases[i] for i in idx]
-    channels = []
+    channels, weights = [], []
     for c in chosen:
-        weights = torch.ones(c.fixed_labels.shape[0], dtype=torch.float64)
-        weights[0] = cfg.gland_draw_weight
-        if cfg.stage == "localiser":  # the localisers learn the gland only
-            weights[1:] = 0.0
-        channels.append(int(torch.multinomial(weights, 1, generator=gen)))
+        w = torch.ones(c.fixed_labels.shape[0], dtype=torch.float64)
+        w[0] = cfg.gland_draw_weight
+        if cfg.stage == "localiser":
+            channels.append([0])
+            weights.append(torch.ones(1))
+        elif cfg.label_draw == "all":
+            channels.append(list(range(len(w))))
+            weights.append(w / w.sum())
+        else:
+            channels.append([int(torch.multinomial(w, 1, generator=gen))])
+            weights.append(torch.ones(1))
+    width = max(len(ch) for ch in channels)
 
-    def stack(tensors):
-        return torch.stack(tensors).float().to(device)
+    def labels(attr):
+        out = torch.zeros((len(chosen), width, *getattr(chosen[0], attr).shape[1:]))
+        for i, (c, ch) in enumerate(zip(chosen, channels)):
+            out[i, :len(ch)] = getattr(c, attr)[ch].float()
+        return out.to(device)
 
-    return (stack([c.fixed for c in chosen]), stack([c.moving for c in chosen]),
-            stack([c.fixed_labels[ch:ch + 1] for c, ch in zip(chosen, channels)]),
-            stack([c.moving_labels[ch:ch + 1] for c, ch in zip(chosen, channels)]))
+    label_weights = torch.zeros(len(chosen), width)
+    for i, w in enumerate(weights):
+        label_weights[i, :len(w)] = w.float()
+    return (torch.stack([c.fixed for c in chosen]).float().to(device),
+            torch.stack([c.moving for c in chosen]).float().to(device),
+            labels("fixed_labels"), labels("moving_labels"), label_weights.to(device))
 
 
 def load_init(model: RegistrationModel, state: dict, log=print):
