@@ -40,6 +40,12 @@ def stage_chain(checkpoint) -> list:
     return chain[::-1]
 
 
+def _summary(metrics_file) -> dict:
+    """An evaluation JSON's summary with its registration mode."""
+    result = json.loads(Path(metrics_file).read_text())
+    return result.get("summary") | {"mode": result.get("mode")}
+
+
 def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=()) -> Path:
     model, state = load_checkpoint(checkpoint)
     run_dir = Path(checkpoint).parent
@@ -57,8 +63,7 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=())
         "training": {k: train_config.get(k) for k in TRAINING_KEYS},
         "stages": stage_chain(checkpoint),
         "split": {k: train_config.get(k) for k in ("train_cases", "tune_cases", "val_cases")},
-        "metrics": [json.loads(Path(m).read_text()).get("summary") | {"mode": json.loads(Path(m).read_text()).get("mode")}
-                    for m in metrics_files],
+        "metrics": [_summary(m) for m in metrics_files],
         "command_line": " ".join(argv),
     }
     if data_dir:
