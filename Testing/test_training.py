@@ -496,6 +496,13 @@ def test_localiser_stage_trains_only_the_localisers_on_the_gland(dataset, tmp_pa
         batch = draw_batch(list(dataset.cases.values()), cfg, torch.Generator().manual_seed(seed), "cpu")
         glands = [c.fixed_labels[:1].float() for c in dataset.cases.values()]
         assert all(any(torch.equal(label, g) for g in glands) for label in batch[2])
+    # the localiser stage consumes the generator as the one-label draw does (its runs stay reproducible)
+    streams = []
+    for stage in ("localiser", "local"):
+        gen = torch.Generator().manual_seed(7)
+        draw_batch(list(dataset.cases.values()), _config(tmp_path, stage=stage), gen, "cpu")
+        streams.append(torch.rand(4, generator=gen))
+    assert torch.equal(*streams)
     with pytest.raises(ValueError, match="needs a model with gland localisers"):
         train(_config(tmp_path / "plain", stage="localiser"), dataset, log=lambda *_: None)
 

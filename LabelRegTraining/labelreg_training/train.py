@@ -180,19 +180,19 @@ def draw_batch(cases: list, cfg: TrainConfig, gen: torch.Generator, device):
     The localiser stage learns the gland only (C = 1)."""
     idx = torch.randint(len(cases), (cfg.batch_size,), generator=gen).tolist()
     chosen = [cases[i] for i in idx]
+    every_label = cfg.label_draw == "all" and cfg.stage != "localiser"
     channels, weights = [], []
     for c in chosen:
         w = torch.ones(c.fixed_labels.shape[0], dtype=torch.float64)
         w[0] = cfg.gland_draw_weight
-        if cfg.stage == "localiser":
-            channels.append([0])
-            weights.append(torch.ones(1))
-        elif cfg.label_draw == "all":
+        if every_label:
             channels.append(list(range(len(w))))
             weights.append(w / w.sum())
-        else:
-            channels.append([int(torch.multinomial(w, 1, generator=gen))])
-            weights.append(torch.ones(1))
+            continue
+        if cfg.stage == "localiser":  # the localisers learn the gland only
+            w[1:] = 0.0
+        channels.append([int(torch.multinomial(w, 1, generator=gen))])
+        weights.append(torch.ones(1))
     width = max(len(ch) for ch in channels)
 
     def labels(attr):
