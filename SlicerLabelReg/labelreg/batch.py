@@ -18,6 +18,7 @@ from . import io as lio
 from .errors import LabelRegError
 from .grid import Grid
 from .metrics import evaluate_pair, format_metrics, summarize
+from .model import is_gland_alignment
 from .qc import write_qc_png
 from .transforms import initial_transform, transform_points
 from .volume import Volume
@@ -109,8 +110,8 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
     paths["displacement"] = lio.write_displacement(out / "displacement.nii.gz", result.ddf_lps, grid)
     paths["affine"] = lio.write_affine(out / "affine.tfm", result.affine_lps)
     # "before" is where the pair starts without any network: the gland alignment is learned
-    learned = isinstance(alignment, str) and alignment == "gland"
-    before = warp_initial(grid, labels if labels is not None else moving, "centers" if learned else result.initial_lps)
+    before = warp_initial(grid, labels if labels is not None else moving,
+                          "centers" if is_gland_alignment(alignment) else result.initial_lps)
     if labels is not None:
         qc_args = {"warped_labels_before": before, "warped_labels_after": result.warped_labels}
     else:

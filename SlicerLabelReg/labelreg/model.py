@@ -23,6 +23,11 @@ MODES = ("affine", "deformable", "local")
 ALIGNMENTS = INITIAL_ALIGNMENTS + ("gland",)
 
 
+def is_gland_alignment(alignment) -> bool:
+    """Whether ``alignment`` (a name from :data:`ALIGNMENTS` or a 4x4 matrix) is the learned gland alignment."""
+    return isinstance(alignment, str) and alignment == "gland"
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a model and prepare its inputs (saved in every checkpoint).
@@ -108,8 +113,7 @@ class RegistrationModel(nn.Module):
     def uses_gland_maps(self, alignment, mode: str) -> bool:
         """Whether registering in ``mode`` from ``alignment`` runs the localisers (compute
         :meth:`gland_maps` once and pass them to :meth:`initial_lps` and :meth:`forward_pair`)."""
-        gland = isinstance(alignment, str) and alignment == "gland"
-        return gland or (self.config.local_gland_inputs and mode != "affine")
+        return is_gland_alignment(alignment) or (self.config.local_gland_inputs and mode != "affine")
 
     def gland_maps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid) -> tuple:
         """The gland probabilities the two localisers predict, each on its ``localiser_spacing``
