@@ -27,14 +27,16 @@ TRAINING_KEYS = ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", 
                  "bending_weight", "smoothing_mm", "init_from", "augment")
 
 
-def stage_chain(checkpoint) -> list:
+def stage_chain(checkpoint, state: dict | None = None) -> list:
     """The training stages that led to ``checkpoint``, first to last, following each run's
-    ``init_from``: for each, the checkpoint, the step it was taken at and its run settings."""
+    ``init_from``: for each, the checkpoint, the step it was taken at and its run settings.
+    ``state``: ``checkpoint``'s contents, when already loaded."""
     chain, path = [], Path(checkpoint)
     while path is not None and path.exists() and all(Path(c["checkpoint"]) != path for c in chain):
         config_path = path.parent / "config.json"
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
-        step = torch.load(path, map_location="cpu", weights_only=True).get("step", 0)
+        loaded = state if state is not None and not chain else torch.load(path, map_location="cpu", weights_only=True)
+        step = loaded.get("step", 0)
         chain.append({"checkpoint": str(path), "checkpoint_step": int(step)} | {k: config.get(k) for k in TRAINING_KEYS})
         path = Path(config["init_from"]) if config.get("init_from") else None
     return chain[::-1]
@@ -60,8 +62,7 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=())
         "python": platform.python_version(),
         "checkpoint_step": int(state.get("step", 0)),
         "stage": state.get("stage"),
-        "training": {k: train_config.get(k) for k in TRAINING_KEYS},
-        "stages": stage_chain(checkpoint),
+        "stages": stage_chain(checkpoint, state),
         "split": {k: train_config.get(k) for k in ("train_cases", "tune_cases", "val_cases")},
         "metrics": [_summary(m) for m in metrics_files],
         "command_line": " ".join(argv),
