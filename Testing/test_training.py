@@ -532,3 +532,46 @@ def test_gland_translation_is_the_one_the_localisers_see_on_the_augmented_pair(d
     centres = torch.as_tensor(initial_transform(fixed_grid, moving_grid, "centers"), dtype=torch.float32)
     assert torch.allclose(initial[1], r_moving[1] @ centres)
     assert torch.equal(initial[0, :3, :3], r_moving[0, :3, :3])  # a translation only, before r_moving
+
+
+def test_mirror_reflects_across_the_plane_through_the_centre():
+    from labelreg_training.augment import mirror_lps
+    centre = torch.tensor([-12.0, 25.0, -40.0])
+    m = mirror_lps(torch.tensor([True, False]), centre, axis=1)
+    assert torch.equal(m[1], torch.eye(4))
+    assert torch.allclose(m[0] @ m[0], torch.eye(4))  # an involution
+    assert torch.linalg.det(m[0]).item() == pytest.approx(-1.0)
+    p = torch.cat([centre + torch.tensor([3.0, 7.0, -2.0]), torch.ones(1)])
+    assert torch.allclose((m[0] @ p)[:3], centre + torch.tensor([3.0, -7.0, -2.0]))
+    from labelreg_training.augment import AugmentConfig
+    with pytest.raises(ValueError, match="mirror_axis_lps"):
+        AugmentConfig(mirror_axis_lps=3)
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig(mirror=1.5)
+
+
+def test_mirror_keeps_a_pair_a_pair(tmp_path, monkeypatch):
+    """Both images of a pair and their labels are mirrored together. On pairs whose moving
+    volume is the fixed one (anisotropic spacing; the identity is the truth), the mirrored
+    pairs are still perfectly aligned at the identity: the loss equals the unmirrored one. A
+    mirror of one side only would misalign the asymmetric anatomy."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    folder = tmp_path / "same"
+    for seed in range(2):
+        pair = make_pair(seed, fixed_size=(24, 28, 22), moving_size=(24, 28, 22), spacing=(2.0, 2.5, 3.0), n_landmarks=2)
+        write_pair(replace(pair, moving=pair.fixed, moving_labels=pair.fixed_labels), folder, f"case{seed:03d}")
+    (folder / "subjects.csv").write_text("case,subject\ncase000,a\ncase001,b\n")
+    data = load_dataset(folder, tmp_path / "cache", log=lambda *_: None)
+    model = RegistrationModel(ModelConfig.from_dict(SMALL_MODEL))  # global net: the identity at first
+    plain = _fixed_batch_loss(model, _config(tmp_path), data)
+    mirrored = _fixed_batch_loss(model, _config(tmp_path, augment={**NO_AUGMENT, "mirror": 1.0}), data)
+    assert mirrored == pytest.approx(plain, abs=1e-5)
+    from labelreg_training import augment
+    both_sides, calls = augment.mirror_lps, []
+
+    def fixed_side_only(flip, centre, axis):  # called for the fixed image, then the moving one
+        calls.append(centre)
+        return both_sides(flip, centre, axis) if len(calls) % 2 else torch.eye(4).repeat(len(flip), 1, 1)
+    monkeypatch.setattr(augment, "mirror_lps", fixed_side_only)
+    broken = _fixed_batch_loss(model, _config(tmp_path, augment={**NO_AUGMENT, "mirror": 1.0}), data)
+    assert broken > plain + 0.02

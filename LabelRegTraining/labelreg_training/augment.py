@@ -3,8 +3,10 @@
 The fixed image and its labels are sampled at ``R_f(x) + w(x)`` (a random affine about the
 fixed centre plus a mild smooth deformation); the moving image and its labels are sampled
 through a random affine ``R_m`` about the moving centre, composed into the initial transform.
-Both images get a random gamma and a little noise. Every draw comes from the generator it is
-given, so a step is reproducible from its seed.
+Both images get a random gamma and a little noise. Optionally a pair is mirrored across the
+patients' left-right plane (both images and their labels alike, so the pair stays a true pair of
+another, mirror-image patient). Every draw comes from the generator it is given, so a step is
+reproducible from its seed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,19 @@ class AugmentConfig:
     residual_rotation_deg: float = 0.0
     residual_scale: float = 0.0
     residual_translation_mm: float = 0.0
+    #: probability that a pair is mirrored (registration stages). 0 switches it off and draws nothing.
+    mirror: float = 0.0
+    #: the LPS axis that runs left-right in the patients (0: x, 1: y, 2: z). On the MR-TRUS pairs
+    #: it is the headers' y axis: the glands are most mirror-symmetric across it (mean gland Dice
+    #: with its own mirror image about the centroid, TRUS / MR: y 0.91 / 0.95, x 0.83 / 0.86,
+    #: z 0.87 / 0.84), and the MR shows the rectum along x.
+    mirror_axis_lps: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= self.mirror <= 1.0:
+            raise ValueError(f"augment mirror is a probability in [0, 1], got {self.mirror!r}")
+        if self.mirror_axis_lps not in (0, 1, 2):
+            raise ValueError(f"augment mirror_axis_lps must be 0, 1 or 2 (LPS x, y, z), got {self.mirror_axis_lps!r}")
 
     @property
     def residual(self) -> AugmentConfig:
@@ -57,6 +72,20 @@ def random_affine(batch: int, centre, cfg: AugmentConfig, gen: torch.Generator) 
     out[:, :3, :3] = linear
     out[:, :3, 3] = centre + cfg.translation_mm * uniform(batch, 3) - (linear @ centre)
     return out.float()
+
+
+def random_mirrors(batch: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """(B,) bool: which pairs of the batch are mirrored (probability ``cfg.mirror``)."""
+    return torch.rand(batch, generator=gen) < cfg.mirror
+
+
+def mirror_lps(flip: torch.Tensor, centre, axis: int) -> torch.Tensor:
+    """(B, 4, 4) reflection across the plane through ``centre`` (LPS mm) normal to LPS ``axis``
+    where ``flip`` is true, identity elsewhere."""
+    out = torch.eye(4).repeat(len(flip), 1, 1)
+    out[flip, axis, axis] = -1.0
+    out[flip, axis, 3] = 2.0 * float(torch.as_tensor(centre, dtype=torch.float64)[axis])
+    return out
 
 
 def smooth_displacement(batch: int, shape, cfg: AugmentConfig, gen: torch.Generator, device=None) -> torch.Tensor:

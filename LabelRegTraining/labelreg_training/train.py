@@ -115,6 +115,10 @@ class LossModule(nn.Module):
         points = net_grid.points_lps(device=dev)
         r_fixed = augment.random_affine(b, self.fixed_grid.center_lps, aug, gen).to(dev)
         r_moving = augment.random_affine(b, self.moving_grid.center_lps, aug, gen).to(dev)
+        if aug.mirror:  # the same mirror for both images: the pair stays a true pair
+            flip = augment.random_mirrors(b, aug, gen)
+            r_fixed = r_fixed @ augment.mirror_lps(flip, self.fixed_grid.center_lps, aug.mirror_axis_lps).to(dev)
+            r_moving = r_moving @ augment.mirror_lps(flip, self.moving_grid.center_lps, aug.mirror_axis_lps).to(dev)
         fixed_points = transform_points(r_fixed, points) + augment.smooth_displacement(
             b, net_grid.shape_zyx, aug, gen, dev)
         fixed = augment.intensity(fixed, aug, gen)
@@ -157,6 +161,9 @@ class LossModule(nn.Module):
             net = model.localisers[role]
             net_grid = localiser_grid(grid, model.config.localiser_spacing, net)
             r = augment.random_affine(image.shape[0], grid.center_lps, aug, gen).to(dev)
+            if aug.mirror:  # segmentation: each image its own mirror draw
+                r = r @ augment.mirror_lps(augment.random_mirrors(image.shape[0], aug, gen), grid.center_lps,
+                                           aug.mirror_axis_lps).to(dev)
             points = transform_points(r, net_grid.points_lps(device=dev)) + augment.smooth_displacement(
                 image.shape[0], net_grid.shape_zyx, aug, gen, dev)
             logits = net(sample(augment.intensity(image, aug, gen), grid, points))
