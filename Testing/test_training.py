@@ -348,6 +348,26 @@ def test_evaluate_can_measure_the_training_cases(dataset):
         validation_cases(dataset.data_dir, 3, 0, split="tuning")
 
 
+def test_evaluate_reads_a_data_cache_as_it_reads_the_folder(dataset, tmp_path):
+    """``evaluate --data cache-*.pt`` (a GPU machine without NIfTI files or SimpleITK) measures
+    the same cases as from the folder, with the same figures up to the cache's float16 images."""
+    from labelreg_training.cli import main as train_main
+    load_dataset(dataset.data_dir, tmp_path / "cache", log=lambda *_: None)
+    (cache,) = (tmp_path / "cache").glob("cache-*.pt")
+    results = []
+    for source in (dataset.data_dir, cache):
+        out = tmp_path / f"{len(results)}.json"
+        assert train_main(["evaluate", "--data", str(source), "--folds", "3", "--fold", "0", "--mode", "affine",
+                           "--threads", "1", "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    folder, cached = ({r["case"]: r for r in result["rows"]} for result in results)
+    from labelreg_training.data import validation_cases
+    assert sorted(folder) == sorted(cached) == validation_cases(dataset.data_dir, 3, 0)[1]
+    for case, row in folder.items():
+        assert cached[case]["dice"] == pytest.approx(row["dice"], abs=1e-3)
+        assert cached[case]["tre_median_mm"] == pytest.approx(row["tre_median_mm"], abs=1e-2)
+
+
 def test_run_seed_changes_the_weights_but_not_the_split(dataset, tmp_path):
     runs = []
     for run_seed in (0, 1):

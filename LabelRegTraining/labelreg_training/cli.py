@@ -73,17 +73,23 @@ def _evaluate(args) -> int:
     from labelreg.metrics import format_metrics
     from labelreg.model import RegistrationModel
 
-    from .data import validation_cases
-    from .evaluate import evaluate_model, load_pairs
+    from .data import fold_cases, load_dataset, validation_cases
+    from .evaluate import cached_pairs, evaluate_model, load_pairs
     from .train import load_checkpoint
 
-    data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed, args.split)
+    if args.data and Path(args.data).is_file():  # a data cache: no NIfTI files or SimpleITK needed
+        data = load_dataset(args.data)
+        names = fold_cases(data.subjects, args.folds, args.fold, args.seed, args.split)
+        pairs = cached_pairs(data, names)
+    else:
+        data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed, args.split)
+        pairs = load_pairs(data_dir, names)
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint)
     else:
         model = RegistrationModel()  # untrained: the initial alignment only
     torch.set_num_threads(args.threads)
-    rows, summary = evaluate_model(model, load_pairs(data_dir, names), args.mode, args.device)
+    rows, summary = evaluate_model(model, pairs, args.mode, args.device)
     for r in rows:
         print(f"{r['case']}: {format_metrics(r)}")
     print(f"{args.mode} on {len(rows)} cases: {format_metrics(summary)}, {summary['seconds_per_pair']:.3f} s/pair")
@@ -152,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("evaluate", "evaluate a checkpoint on a validation fold"),
                             ("baseline", "classical SimpleITK or elastix baseline on a validation fold")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--data")
+        p.add_argument("--data", help="data folder (public layout); evaluate also takes a data cache file (cache-*.pt)")
         p.add_argument("--checkpoint", help="training checkpoint (evaluate); none = initial alignment only")
         p.add_argument("--mode", default="deformable", choices=["affine", "deformable", "local"])
         p.add_argument("--folds", type=int, default=5)

@@ -83,14 +83,17 @@ def validation_cases(data_dir, folds: int, fold: int, seed: int = 0, split: str 
     ``split="training"`` gives instead the cases that fold trained on (tuning subjects excluded,
     as :func:`split_cases` with ``tune_fraction``): the gap between the two is the overfit."""
     data_dir = resolve_data_dir(data_dir)
-    names = case_names(data_dir)
+    return data_dir, fold_cases(read_subjects(data_dir, case_names(data_dir)), folds, fold, seed, split, tune_fraction)
+
+
+def fold_cases(subjects: dict, folds: int, fold: int, seed: int = 0, split: str = "validation",
+               tune_fraction: float = TUNE_FRACTION) -> list:
+    """The case names of :func:`validation_cases` from a {case: subject} mapping."""
     if split == "training":
-        return data_dir, split_cases(read_subjects(data_dir, names), folds, fold, seed, tune_fraction)[0]
+        return split_cases(subjects, folds, fold, seed, tune_fraction)[0]
     if split != "validation":
         raise LabelRegError(f"split must be 'validation' or 'training', got {split!r}")
-    if folds > 1:
-        _, names = kfold_by_subject(read_subjects(data_dir, names), folds, fold, seed)
-    return data_dir, names
+    return kfold_by_subject(subjects, folds, fold, seed)[1] if folds > 1 else sorted(subjects)
 
 
 def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0) -> tuple:
