@@ -22,7 +22,7 @@ import torch
 
 PART_BYTES = 15 * 2**20
 KEEP = ("config.json", "log.csv", "stdout.log")
-TRAINED = {"global": ("global_net.",), "local": ("local_net.",), "local_only": ("local_net.",),
+TRAINED = {"localiser": ("localisers.",), "global": ("global_net.",), "local": ("local_net.",), "local_only": ("local_net.",),
            "joint": ("global_net.", "local_net.")}
 
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The bundled (gland) recipe's cross-validation on one lent GPU (see ../shared/notes/gpu-device.md),
+# with seeds: for each of folds 0-4, the two gland localisers, then on those frozen localisers the
+# local stage in every VARIANT for every seed in SEEDS, all at once on the one GPU, each evaluated
+# on its fold's validation subjects from the data cache. Every stage runs the CPU recipe's steps
+# (batch 4) with a wall-clock budget as a safety net, so the job ends on time whatever the GPU.
+# What comes back in $OUT: runs.tar.part* with every evaluation JSON, every log and config, and
+# fold 0's best checkpoints (float16, see device_pack.py), packed every two minutes and at the end.
+#
+#   usage: device_gland_cv.sh CACHE.pt.gz [SCALE]    (SCALE multiplies every budget; default 1)
+#
+# VARIANTS (default "one all all_mirror"): one = the recipe (one label per step), all =
+# --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json.
+# SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"). A CPU check:
+#   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02
+set -uo pipefail
+cache=$1 scale=${2:-1}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+OUT=${OUT:-$root/device-out}
+export PYTHONPATH=$root/SlicerLabelReg:$root/LabelRegTraining PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+train="python3 -m labelreg_training.cli"
+runs=$root/runs/device_gland
+mkdir -p "$runs" "$OUT"
+data=/tmp/labelreg-data.pt
+gunzip -c "$cache" > "$data"
+minutes() { python3 -c "print(round($1 * $scale, 3))"; }
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+if command -v nvidia-cuda-mps-control > /dev/null; then  # MPS: the small processes share the GPU
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+    nvidia-cuda-mps-control -d && echo "MPS on"
+fi
+device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+gland=$here/../configs/gland_alignment.json
+mirror=$here/../configs/gland_local_mirror.json
+common=(--data "$data" --threads 1 --log-every 25 --checkpoint-minutes 1)
+
+evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL
+    $train evaluate --data "$data" --checkpoint "$1" --mode "$2" --fold "$3" --device "$device" --threads 1 \
+        --json "$4" --label "$5"
+}
+
+fold_job() {  # the localisers of one fold, then its local stages in parallel
+    local fold=$1 out=$runs/fold$1
+    $train fit "${common[@]}" --fold "$fold" --config "$gland" --out "$out/localiser" --stage localiser \
+        --steps 1500 --lr 1e-3 --lr-final 3e-5 --val-every 250 --minutes "$(minutes 2.5)" || return
+    evaluate "$out/localiser/best.pt" affine "$fold" "$out/localiser/eval.json" "gland alignment (localiser stage)" &
+    local variant seed flags label
+    for variant in ${VARIANTS:-one all all_mirror}; do
+        case $variant in
+            one) flags=(--config "$gland"); label="one label per step" ;;
+            all) flags=(--config "$gland" --label-draw all); label="all labels" ;;
+            all_mirror) flags=(--config "$mirror" --label-draw all); label="all labels, mirrored pairs" ;;
+            *) echo "unknown variant $variant"; return 1 ;;
+        esac
+        for seed in ${SEEDS:-0 1 2}; do
+            local run=$out/local_${variant}_s$seed
+            ( $train fit "${common[@]}" --fold "$fold" "${flags[@]}" --out "$run" --stage local_only \
+                  --init-from "$out/localiser/best.pt" --run-seed "$seed" --steps 600 --lr 1e-3 --lr-final 3e-5 \
+                  --val-every 150 --minutes "$(minutes 3.5)" > "$run.log" 2>&1 \
+              && evaluate "$run/best.pt" local "$fold" "$run/eval.json" "gland alignment + local net, $label, run seed $seed" \
+                  >> "$run.log" 2>&1 ) &
+        done
+    done
+    wait
+}
+
+pack() {  # evaluations, logs and configs of every run; fold 0's best checkpoints
+    python3 "$here/device_pack.py" pack "$runs/fold0" "$OUT/fold0" > /dev/null
+    (cd "$runs" && find . \( -name "*.json" -o -name "*.csv" -o -name "*.log" \) -print0 \
+        | tar --null -cf "$OUT/.results.tar" -T - && mv "$OUT/.results.tar" "$OUT/results.tar")
+}
+
+pids=()
+for fold in ${FOLDS:-0 1 2 3 4}; do
+    mkdir -p "$runs/fold$fold"
+    fold_job "$fold" > "$runs/fold$fold.log" 2>&1 &
+    pids+=($!)
+done
+while sleep 120; do
+    running=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2> /dev/null && running=1; done
+    [ $running = 1 ] || break
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    for f in "$runs"/fold*/*.log; do echo "$(basename "$(dirname "$f")")/$(basename "$f"): $(tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-120)"; done
+    pack
+done
+wait
+pack
+grep -h "on [0-9]* cases" "$runs"/fold*/*.log "$runs"/fold*.log 2> /dev/null
