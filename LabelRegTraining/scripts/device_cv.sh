@@ -6,32 +6,10 @@
 # Results are packed into $OUT (see device_pack.py), also every few minutes while training.
 #
 #   usage: device_cv.sh CACHE.pt.gz [SCALE]     (SCALE multiplies every budget; default 1)
-set -uo pipefail
-cache=$1 scale=${2:-1}
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-OUT=${OUT:-$root/device-out}
-export PYTHONPATH=$root/SlicerLabelReg:$root/LabelRegTraining PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-export LABELREG_TRAIN="python3 -m labelreg_training.cli"
+# shellcheck source=device_env.sh
+. "$(dirname "$0")/device_env.sh"
 runs=$root/runs/device
-mkdir -p "$runs" "$OUT"
-data=/tmp/labelreg-data.pt
-gunzip -c "$cache" > "$data"
-minutes() { python3 -c "print(round($1 * $scale, 3))"; }
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-
-# MPS lets the small processes' kernels share the GPU; without it they time-slice
-if command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; torch.ones(1).cuda().sum().item()"; then
-        echo "MPS on"
-    else
-        echo quit | nvidia-cuda-mps-control 2> /dev/null
-        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-        echo "MPS off"
-    fi
-fi
+mkdir -p "$runs"
 
 common=(--threads 1 --batch-size 16 --steps 1000000 --log-every 25 --checkpoint-minutes 1)
 export GLOBAL_ARGS="--minutes $(minutes 1.75) --lr 3e-4 --lr-final 1e-5 --val-every 150"

@@ -13,37 +13,23 @@
 # --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json.
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"). A CPU check:
 #   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02
-set -uo pipefail
-cache=$1 scale=${2:-1}
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-OUT=${OUT:-$root/device-out}
-export PYTHONPATH=$root/SlicerLabelReg:$root/LabelRegTraining PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-train="python3 -m labelreg_training.cli"
+# shellcheck source=device_env.sh
+. "$(dirname "$0")/device_env.sh"
 runs=$root/runs/device_gland
-mkdir -p "$runs" "$OUT"
-data=/tmp/labelreg-data.pt
-gunzip -c "$cache" > "$data"
-minutes() { python3 -c "print(round($1 * $scale, 3))"; }
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-if command -v nvidia-cuda-mps-control > /dev/null; then  # MPS: the small processes share the GPU
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    nvidia-cuda-mps-control -d && echo "MPS on"
-fi
+mkdir -p "$runs"
 device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 gland=$here/../configs/gland_alignment.json
 mirror=$here/../configs/gland_local_mirror.json
 common=(--data "$data" --threads 1 --log-every 25 --checkpoint-minutes 1)
 
 evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL
-    $train evaluate --data "$data" --checkpoint "$1" --mode "$2" --fold "$3" --device "$device" --threads 1 \
+    $LABELREG_TRAIN evaluate --data "$data" --checkpoint "$1" --mode "$2" --fold "$3" --device "$device" --threads 1 \
         --json "$4" --label "$5"
 }
 
 fold_job() {  # the localisers of one fold, then its local stages in parallel
     local fold=$1 out=$runs/fold$1
-    $train fit "${common[@]}" --fold "$fold" --config "$gland" --out "$out/localiser" --stage localiser \
+    $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" --config "$gland" --out "$out/localiser" --stage localiser \
         --steps 1500 --lr 1e-3 --lr-final 3e-5 --val-every 250 --minutes "$(minutes 2.5)" || return
     evaluate "$out/localiser/best.pt" affine "$fold" "$out/localiser/eval.json" "gland alignment (localiser stage)" &
     local variant seed flags label
@@ -56,7 +42,7 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
         esac
         for seed in ${SEEDS:-0 1 2}; do
             local run=$out/local_${variant}_s$seed
-            ( $train fit "${common[@]}" --fold "$fold" "${flags[@]}" --out "$run" --stage local_only \
+            ( $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" "${flags[@]}" --out "$run" --stage local_only \
                   --init-from "$out/localiser/best.pt" --run-seed "$seed" --steps 600 --lr 1e-3 --lr-final 3e-5 \
                   --val-every 150 --minutes "$(minutes 3.5)" > "$run.log" 2>&1 \
               && evaluate "$run/best.pt" local "$fold" "$run/eval.json" "gland alignment + local net, $label, run seed $seed" \
