@@ -14,17 +14,16 @@ from labelreg.io import read_image, read_labels
 from labelreg.metrics import dice
 from labelreg.transforms import transform_points
 from labelreg.warp import sample
+from labelreg_training.augment import mirror_lps
 
 
 def mirror_dice(gland: np.ndarray, grid, axis: int) -> float:
     """Dice of a binary gland (z, y, x) and its mirror across the plane through its centroid normal to LPS ``axis``."""
     points = grid.points_lps(dtype=torch.float64)
     inside = torch.from_numpy(gland > 0.5)
-    centroid = points[inside].mean(0)
-    mirror = torch.eye(4, dtype=torch.float64)
-    mirror[axis, axis], mirror[axis, 3] = -1.0, 2 * centroid[axis]
+    mirror = mirror_lps(torch.tensor([True]), points[inside].mean(0), axis)
     image = torch.from_numpy(gland.astype(np.float32))[None, None]
-    mirrored = sample(image, grid, transform_points(mirror[None].float(), points[None].float()))[0, 0].numpy()
+    mirrored = sample(image, grid, transform_points(mirror, points[None].float()))[0, 0].numpy()
     return dice(mirrored, gland)
 
 
