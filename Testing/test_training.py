@@ -428,6 +428,37 @@ def test_report_pools_folds_and_plots(tmp_path, capsys):
     assert (tmp_path / "log.png").stat().st_size > 1000
 
 
+def test_compare_pairs_cases_across_folds(tmp_path, capsys):
+    """The candidate is paired with the baseline case by case, whatever the file order; its mean
+    change, win counts and sign test are those of the per-pair differences."""
+    from labelreg_training.cli import main as train_main
+    from labelreg_training.compare import compare, sign_test_p
+
+    def write(name, label, fold, rows):
+        rows = [{"case": c, "seconds": 0.1, "dice": d, "hd95_mm": 4.0, "tre_mm": t} for c, d, t in rows]
+        (tmp_path / name).write_text(json.dumps({"mode": "local", "label": label, "fold": fold, "rows": rows}))
+        return str(tmp_path / name)
+
+    base = [write("a0.json", "base", 0, [("p1", 0.80, [4.0, 6.0]), ("p2", 0.70, [3.0])]),
+            write("a1.json", "base", 1, [("p3", 0.90, [2.0, 2.0]), ("p4", 0.60, [8.0])])]
+    # candidate files in the other fold order; per-pair TRE change -1, -2, +1, -4; Dice +.1, 0, -.1, +.2
+    cand = [write("b1.json", "new", 1, [("p4", 0.80, [4.0]), ("p3", 0.80, [3.0, 3.0])]),
+            write("b0.json", "new", 0, [("p2", 0.70, [1.0]), ("p1", 0.90, [3.0, 5.0])])]
+    (r,) = compare(base + cand)
+    assert r["pairs"] == 4 and r["tre_mean_change_mm"] == pytest.approx(-1.5)
+    assert (r["tre_better"], r["tre_worse"]) == (3, 1) and r["tre_sign_p"] == pytest.approx(0.625)
+    assert r["tre_ci_mm"][0] <= -1.5 <= r["tre_ci_mm"][1]
+    assert r["dice_mean_change"] == pytest.approx(0.05) and (r["dice_better"], r["dice_worse"]) == (2, 1)
+    assert sign_test_p(10, 0) == pytest.approx(2 / 1024) and sign_test_p(0, 0) == 1.0
+    assert train_main(["compare", *base, *cand]) == 0
+    assert "| new | 4 | -1.50 [" in capsys.readouterr().out
+    # a lone method, and a case counted twice in one method, are clear errors
+    assert train_main(["compare", *base]) == 2
+    assert "at least two methods" in capsys.readouterr().err
+    assert train_main(["compare", *base, *cand, write("b2.json", "new", 2, [("p1", 0.9, [1.0, 1.0])])]) == 2
+    assert "p1 appears twice" in capsys.readouterr().err
+
+
 def test_device_pack_round_trip(dataset, tmp_path):
     """Checkpoints packed on a GPU machine (float16, trained nets only) come back loadable and
     within float16 precision of the originals, the frozen net restored from ``init_from``."""

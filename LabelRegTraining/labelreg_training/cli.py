@@ -1,4 +1,4 @@
-"""``labelreg-train`` (also ``labelreg train``): fit, evaluate, export, baseline, plot.
+"""``labelreg-train`` (also ``labelreg train``): fit, evaluate, export, baseline, report, compare, plot.
 
 Examples::
 
@@ -120,15 +120,9 @@ def _report(args) -> int:
     are pooled: the summary is recomputed from all their per-pair rows."""
     from labelreg.metrics import summarize
 
-    groups = {}
-    for path in args.files:
-        try:
-            blob = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise LabelRegError(f"report: cannot read {path} ({exc}); pass evaluation JSON files written by "
-                                "'labelreg-train evaluate --json'") from exc
-        label = blob.get("label") or f"{blob.get('mode')} ({Path(path).stem})"
-        groups.setdefault(label, []).append(blob)
+    from .compare import load_groups
+
+    groups = load_groups(args.files)
     print("| method | folds | pairs | TRE median (mm) | TRE p90 (mm) | Dice median | Dice p10 | HD95 median (mm) "
           "| folding | s/pair (batched) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -141,6 +135,13 @@ def _report(args) -> int:
         print(f"| {label} | {folds} | {s['pairs']} | {s['tre_median_mm']:.2f} | {s['tre_p90_mm']:.2f} | "
               f"{s['dice_median']:.3f} | {s['dice_p10']:.3f} | {s['hd95_median_mm']:.2f} | "
               f"{'-' if folding is None else f'{folding:.4%}'} | {seconds:.2f} |")
+    return 0
+
+
+def _compare(args) -> int:
+    """Paired changes of each method against the first one, on the pairs both evaluated."""
+    from .compare import compare, format_table
+    print(format_table(compare(args.files)))
     return 0
 
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: the bundled model path")
     p = sub.add_parser("report", help="markdown table of evaluation JSON files")
     p.add_argument("files", nargs="+")
+    p = sub.add_parser("compare", help="paired changes of methods against the first, per pair (sign test, bootstrap CI)")
+    p.add_argument("files", nargs="+", help="evaluation JSON files; files with the same label are one method, "
+                   "the first label is the baseline")
     p = sub.add_parser("plot", help="loss and metric curves of a run as PNG")
     p.add_argument("log", help="a run's log.csv")
     p.add_argument("--out", help="PNG path (default beside the log)")
@@ -192,7 +196,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"fit": _fit, "evaluate": _evaluate, "export": _export, "plot": _plot, "baseline": _baseline,
-                "report": _report}[args.command](args)
+                "report": _report, "compare": _compare}[args.command](args)
     except LabelRegError as exc:
         print(f"labelreg-train: error: {exc}", file=sys.stderr)
         return 2
