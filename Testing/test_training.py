@@ -392,6 +392,23 @@ def test_tuning_split_is_taken_from_training_subjects_only():
     assert split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2) == (train_cases, tune_cases, val_cases)
 
 
+def test_train_fraction_keeps_nested_whole_subjects_and_the_same_tune_and_validation():
+    from labelreg.errors import LabelRegError
+    from labelreg_training.data import split_cases
+    subjects = {f"c{i:02d}": f"s{i // 2}" for i in range(40)}  # two cases per subject
+    full = split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2)
+    half = split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2, train_fraction=0.5)
+    most = split_cases(subjects, 5, 1, seed=0, tune_fraction=0.2, train_fraction=0.75)
+    assert half[1:] == most[1:] == full[1:]  # tune and validation cases do not move
+    ids = [{subjects[c] for c in split[0]} for split in (half, most, full)]
+    assert [len(i) for i in ids] == [round(0.5 * 13), round(0.75 * 13), 13]
+    assert ids[0] < ids[1] < ids[2]  # nested
+    assert all(c in half[0] for c in full[0] if subjects[c] in ids[0])  # whole subjects
+    assert len(split_cases(subjects, 5, 1, tune_fraction=0.2, train_fraction=0.01)[0]) == 2  # at least one subject
+    with pytest.raises(LabelRegError, match="train_fraction"):
+        split_cases(subjects, 5, 1, train_fraction=0.0)
+
+
 def test_best_checkpoint_follows_the_tuning_score(dataset, tmp_path):
     scores = iter([(9.0, 0.5), (7.0, 0.6), (8.0, 0.6)])  # the second evaluation is the best
 

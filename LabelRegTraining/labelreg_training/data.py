@@ -96,11 +96,16 @@ def fold_cases(subjects: dict, folds: int, fold: int, seed: int = 0, split: str 
     return kfold_by_subject(subjects, folds, fold, seed)[1] if folds > 1 else sorted(subjects)
 
 
-def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0) -> tuple:
+def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0,
+                train_fraction: float = 1.0) -> tuple:
     """(train, tune, val) case lists. ``val`` is fold ``fold`` of :func:`kfold_by_subject` (all
     cases for ``folds <= 1``: no validation); ``tune`` takes about ``tune_fraction`` of the
     remaining subjects (at least one when the fraction is positive) for checkpoint selection,
-    so that validation subjects are never used to pick a model."""
+    so that validation subjects are never used to pick a model. ``train_fraction`` < 1 keeps a
+    seeded share of the training subjects (at least one), the smaller shares nested in the larger
+    ones, for learning curves; tune and validation cases do not change with it."""
+    if not 0.0 < train_fraction <= 1.0:
+        raise LabelRegError(f"train_fraction must be in (0, 1], got {train_fraction}")
     if folds > 1:
         train, val = kfold_by_subject(subjects, folds, fold, seed)
     else:
@@ -111,7 +116,10 @@ def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fract
         raise LabelRegError(f"tune_fraction {tune_fraction} leaves no training subjects ({len(ids)} available)")
     rng = np.random.default_rng(seed + 1)
     tune_ids = set(rng.permutation(ids)[:n_tune].tolist())
-    return ([c for c in train if subjects[c] not in tune_ids], [c for c in train if subjects[c] in tune_ids], val)
+    train_ids = [i for i in ids if i not in tune_ids]
+    kept = set(np.random.default_rng(seed + 2).permutation(train_ids)[:max(1, round(train_fraction * len(train_ids)))]
+               .tolist())
+    return ([c for c in train if subjects[c] in kept], [c for c in train if subjects[c] in tune_ids], val)
 
 
 @dataclass

@@ -80,6 +80,8 @@ class TrainConfig:
     val_every: int = 250
     #: share of the training subjects held out to pick the best checkpoint (never the validation fold)
     tune_fraction: float = TUNE_FRACTION
+    #: share of the training subjects the stage learns from (a seeded, nested subset; learning curves)
+    train_fraction: float = 1.0
     threads: int = 2
     device: str = "auto"
     augment: dict = field(default_factory=lambda: asdict(augment.AugmentConfig()))
@@ -321,7 +323,8 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     out = Path(cfg.out_dir)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
-    train_cases, tune_cases, val_cases = split_cases(data.subjects, cfg.folds, cfg.fold, cfg.seed, cfg.tune_fraction)
+    train_cases, tune_cases, val_cases = split_cases(data.subjects, cfg.folds, cfg.fold, cfg.seed, cfg.tune_fraction,
+                                                       cfg.train_fraction)
     # the training cases live where the model trains (a GPU holds the whole set easily)
     cases = [replace(c, fixed=c.fixed.to(device), moving=c.moving.to(device), fixed_labels=c.fixed_labels.to(device),
                      moving_labels=c.moving_labels.to(device)) for c in data.subset(train_cases)]
