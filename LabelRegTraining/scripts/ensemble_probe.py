@@ -4,8 +4,9 @@
 share the network grid), so the mean of the outputs is the mean of the affines.
 ``--net local`` (local mode): local nets trained on the same frozen start (e.g. the same gland
 localisers) see the same input, and the field is linear in their outputs, so the mean of the
-outputs is the mean displacement field. Evaluates each net and the ensemble on the fold's
-validation cases.
+outputs is the mean displacement field. ``--net localiser`` (affine mode): each gland localiser
+(TRUS, MR) is replaced by the mean of the members' logits, so the gland translation comes from the
+mean gland map. Evaluates each net and the ensemble on the fold's validation cases.
 
     python LabelRegTraining/scripts/ensemble_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--net local] [--json OUT]
 """
@@ -36,7 +37,7 @@ def main():
     p.add_argument("fold", type=int)
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--json", help="write the ensemble's rows and summary here")
-    p.add_argument("--net", choices=("global", "local"), default="global")
+    p.add_argument("--net", choices=("global", "local", "localiser"), default="global")
     p.add_argument("--label", help="default: '<net> net, mean of N'")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -44,7 +45,8 @@ def main():
     data_dir, names = validation_cases(args.data, 5, args.fold)
     pairs = load_pairs(data_dir, names)
     models = [load_checkpoint(c)[0].eval() for c in args.checkpoints]
-    mode, name = ("affine", "global_net") if args.net == "global" else ("local", "local_net")
+    mode, name = {"global": ("affine", "global_net"), "local": ("local", "local_net"),
+                  "localiser": ("affine", "localisers")}[args.net]
     if args.net == "local":  # the same start for every member, or the mean field is meaningless
         start = {k: v for k, v in models[0].state_dict().items() if k.startswith("localisers.")}
         if any(not torch.equal(v, m.state_dict()[k]) for m in models[1:] for k, v in start.items()):
@@ -53,7 +55,11 @@ def main():
         _, summary = evaluate_model(model, pairs, mode, hd95=False)
         print(f"fold {args.fold} {path}: {format_metrics(summary)}")
     ensemble = models[0]
-    setattr(ensemble, name, MeanNet([getattr(m, name) for m in models]))
+    if args.net == "localiser":
+        ensemble.localisers = nn.ModuleDict({role: MeanNet([m.localisers[role] for m in models])
+                                             for role in ("fixed", "moving")})
+    else:
+        setattr(ensemble, name, MeanNet([getattr(m, name) for m in models]))
     rows, summary = evaluate_model(ensemble, pairs, mode, hd95=False)
     print(f"fold {args.fold} ensemble: {format_metrics(summary)}")
     if args.json:
