@@ -368,6 +368,22 @@ def test_evaluate_reads_a_data_cache_as_it_reads_the_folder(dataset, tmp_path):
         assert cached[case]["tre_median_mm"] == pytest.approx(row["tre_median_mm"], abs=1e-2)
 
 
+def test_evaluate_on_a_cache_without_simpleitk_skips_only_hd95(dataset, tmp_path, monkeypatch, capsys):
+    """A GPU machine has no SimpleITK: evaluating a cache there says HD95 is skipped and gives the rest."""
+    from labelreg import _sitk, metrics
+    from labelreg_training.cli import main as train_main
+    load_dataset(dataset.data_dir, tmp_path / "cache", log=lambda *_: None)
+    (cache,) = (tmp_path / "cache").glob("cache-*.pt")
+    monkeypatch.setattr(_sitk, "available", False)
+    monkeypatch.setattr(metrics, "sitk", None)  # any SimpleITK call would fail
+    out = tmp_path / "eval.json"
+    assert train_main(["evaluate", "--data", str(cache), "--folds", "3", "--fold", "0", "--mode", "affine",
+                       "--threads", "1", "--json", str(out)]) == 0
+    assert "HD95 is skipped" in capsys.readouterr().err
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["tre_median_mm"] > 0 and 0 < summary["dice_median"] <= 1
+
+
 def test_run_seed_changes_the_weights_but_not_the_split(dataset, tmp_path):
     runs = []
     for run_seed in (0, 1):

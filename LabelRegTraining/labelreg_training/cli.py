@@ -77,7 +77,13 @@ def _evaluate(args) -> int:
     from .evaluate import cached_pairs, evaluate_model, load_pairs
     from .train import load_checkpoint
 
+    hd95 = not args.no_hd95
     if args.data and Path(args.data).is_file():  # a data cache: no NIfTI files or SimpleITK needed
+        from labelreg import _sitk
+        if hd95 and not _sitk.available:
+            print("evaluate: SimpleITK is not installed, so HD95 is skipped (nan); the other metrics need only torch",
+                  file=sys.stderr)
+            hd95 = False
         data = load_dataset(args.data)
         names = fold_cases(data.subjects, args.folds, args.fold, args.seed, args.split)
         pairs = cached_pairs(data, names)
@@ -89,7 +95,7 @@ def _evaluate(args) -> int:
     else:
         model = RegistrationModel()  # untrained: the initial alignment only
     torch.set_num_threads(args.threads)
-    rows, summary = evaluate_model(model, pairs, args.mode, args.device)
+    rows, summary = evaluate_model(model, pairs, args.mode, args.device, hd95=hd95)
     for r in rows:
         print(f"{r['case']}: {format_metrics(r)}")
     print(f"{args.mode} on {len(rows)} cases: {format_metrics(summary)}, {summary['seconds_per_pair']:.3f} s/pair")
@@ -171,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")
+        p.add_argument("--no-hd95", action="store_true", help="evaluate: skip the gland HD95 (needs SimpleITK)")
         p.add_argument("--label", help="name of this row in 'labelreg-train report'")
         p.add_argument("--limit", type=int, default=0, help="baseline: only the first N cases")
         p.add_argument("--linear", default="rigid", choices=["rigid", "affine"], help="baseline: linear stage")

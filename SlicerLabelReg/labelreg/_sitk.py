@@ -6,7 +6,9 @@ from .errors import LabelRegError
 
 try:
     import SimpleITK as sitk
+    available = True
 except ImportError:  # pragma: no cover - exercised only where SimpleITK is absent
+    available = False
 
     class _Missing:
         def __getattr__(self, name):
