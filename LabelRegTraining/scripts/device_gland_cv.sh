@@ -11,7 +11,9 @@
 #
 # VARIANTS (default "one all all_mirror"): one = the recipe (one label per step), all =
 # --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json.
-# SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"). A CPU check:
+# SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
+# training subjects the local stage learns from (--train-fraction, learning curves; runs named
+# local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it). A CPU check:
 #   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02
 # shellcheck source=device_env.sh
 . "$(dirname "$0")/device_env.sh"
@@ -21,6 +23,7 @@ device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() els
 gland=$here/../configs/gland_alignment.json
 mirror=$here/../configs/gland_local_mirror.json
 common=(--data "$data" --threads 1 --log-every 25 --checkpoint-minutes 1)
+steps=${LOCAL_STEPS:-600}
 
 evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL
     $LABELREG_TRAIN evaluate --data "$data" --checkpoint "$1" --mode "$2" --fold "$3" --device "$device" --threads 1 \
@@ -40,13 +43,18 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
             all_mirror) flags=(--config "$mirror" --label-draw all); label="all labels, mirrored pairs" ;;
             *) echo "unknown variant $variant"; return 1 ;;
         esac
-        for seed in ${SEEDS:-0 1 2}; do
-            local run=$out/local_${variant}_s$seed
-            ( $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" "${flags[@]}" --out "$run" --stage local_only \
-                  --init-from "$out/localiser/best.pt" --run-seed "$seed" --steps 600 --lr 1e-3 --lr-final 3e-5 \
-                  --val-every 150 --minutes "$(minutes 3.5)" > "$run.log" 2>&1 \
-              && evaluate "$run/best.pt" local "$fold" "$run/eval.json" "gland alignment + local net, $label, run seed $seed" \
-                  >> "$run.log" 2>&1 ) &
+        for fraction in ${FRACTIONS:-1}; do
+            local share="" name=local_${variant}
+            [ "$fraction" = 1 ] || { share=", $fraction of the training subjects"; name=${name}_f$fraction; }
+            for seed in ${SEEDS:-0 1 2}; do
+                local run=$out/${name}_s$seed
+                ( $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" "${flags[@]}" --out "$run" --stage local_only \
+                      --init-from "$out/localiser/best.pt" --run-seed "$seed" --train-fraction "$fraction" \
+                      --steps "$steps" --lr 1e-3 --lr-final 3e-5 --val-every $((steps / 4)) \
+                      --minutes "$(minutes "3.5 * $steps / 600")" > "$run.log" 2>&1 \
+                  && evaluate "$run/best.pt" local "$fold" "$run/eval.json" \
+                      "gland alignment + local net, $label$share, run seed $seed" >> "$run.log" 2>&1 ) &
+            done
         done
     done
     wait
