@@ -10,7 +10,8 @@
 #   usage: device_gland_cv.sh CACHE.pt.gz [SCALE]    (SCALE multiplies every budget; default 1)
 #
 # VARIANTS (default "one all all_mirror"): one = the recipe (one label per step), all =
-# --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json.
+# --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json, all_2mm =
+# --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid).
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
 # training subjects the local stage learns from (--train-fraction, learning curves; runs named
 # local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it). A CPU check:
@@ -41,6 +42,8 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
             one) flags=(--config "$gland"); label="one label per step" ;;
             all) flags=(--config "$gland" --label-draw all); label="all labels" ;;
             all_mirror) flags=(--config "$mirror" --label-draw all); label="all labels, mirrored pairs" ;;
+            all_2mm) flags=(--config "$here/../configs/gland_local_2mm.json" --label-draw all)
+                label="all labels, local net on a 2 mm grid" ;;
             *) echo "unknown variant $variant"; return 1 ;;
         esac
         for fraction in ${FRACTIONS:-1}; do
