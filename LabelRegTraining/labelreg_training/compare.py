@@ -56,6 +56,8 @@ def sign_test_p(better: int, worse: int) -> float:
 def bootstrap_ci(values, seed: int = 0, level: float = 0.95) -> tuple:
     """Percentile bootstrap interval of the mean (resampling the pairs); seeded, so repeatable."""
     values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
     means = np.random.default_rng(seed).choice(values, (BOOTSTRAP, values.size)).mean(1)
     return tuple(float(q) for q in np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
 
@@ -90,12 +92,14 @@ def compare(paths) -> list:
     for label, blobs in others:
         p = paired(base_rows, _by_case(blobs))
         d_tre, d_dice = np.asarray(p["d_tre_mm"]), np.asarray(p["d_dice"])
+        if not d_tre.size and not d_dice.size:
+            raise LabelRegError(f"'{label}' and '{base_label}' share cases but no landmark TRE or Dice to compare")
         results.append({
             "label": label, "baseline": base_label, "pairs": p["pairs"],
-            "tre_mean_change_mm": float(d_tre.mean()), "tre_ci_mm": bootstrap_ci(d_tre),
+            "tre_mean_change_mm": float(d_tre.mean()) if d_tre.size else math.nan, "tre_ci_mm": bootstrap_ci(d_tre),
             "tre_better": int((d_tre < 0).sum()), "tre_worse": int((d_tre > 0).sum()),
             "tre_sign_p": sign_test_p(int((d_tre < 0).sum()), int((d_tre > 0).sum())),
-            "dice_mean_change": float(d_dice.mean()), "dice_ci": bootstrap_ci(d_dice),
+            "dice_mean_change": float(d_dice.mean()) if d_dice.size else math.nan, "dice_ci": bootstrap_ci(d_dice),
             "dice_better": int((d_dice > 0).sum()), "dice_worse": int((d_dice < 0).sum()),
             "dice_sign_p": sign_test_p(int((d_dice > 0).sum()), int((d_dice < 0).sum())),
         })
