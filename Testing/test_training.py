@@ -618,6 +618,33 @@ def test_gland_translation_is_the_one_the_localisers_see_on_the_augmented_pair(d
     assert torch.equal(initial[0, :3, :3], r_moving[0, :3, :3])  # a translation only, before r_moving
 
 
+def test_field_of_view_cut_ends_the_volume_inside_the_gland():
+    """A cut zeroes image and gland beyond a slice plane at one end that keeps 60-95% of the
+    gland's slices; off (0), the tensors pass through and nothing is drawn."""
+    from labelreg_training import augment
+    gland = torch.zeros(8, 1, 20, 6, 5)
+    gland[:, :, 4:14, 2:4, 1:4] = 1  # slices 4..13
+    image = torch.rand(8, 1, 20, 6, 5) + 0.1
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    same_image, same_gland = augment.cut_field_of_view(image, gland, augment.AugmentConfig(), gen)
+    assert same_image is image and same_gland is gland and torch.equal(gen.get_state(), state)
+    cut_image, cut_gland = augment.cut_field_of_view(image, gland, augment.AugmentConfig(fov_cut=1.0), gen)
+    assert torch.equal(gland[:, :, 4:14].sum(), torch.tensor(8 * 10 * 2 * 3.0))  # inputs untouched
+    ends = set()
+    for b in range(8):
+        kept = torch.nonzero(cut_gland[b, 0].flatten(1).amax(1) > 0.5).flatten()
+        assert 6 <= len(kept) <= 10 and len(kept) == kept[-1] - kept[0] + 1  # one contiguous 60-95% run
+        zeroed = torch.nonzero(cut_image[b, 0].flatten(1).amax(1) == 0).flatten()
+        assert len(zeroed) > 0 and (zeroed.min() == 0 or zeroed.max() == 19)  # a slab at a face
+        assert not set(zeroed.tolist()) & set(kept.tolist())
+        ends.add(int(zeroed.min() == 0))
+        assert torch.equal(cut_image[b, 0, kept[0]:kept[-1] + 1], image[b, 0, kept[0]:kept[-1] + 1])
+    assert ends == {0, 1}  # both ends are drawn
+    with pytest.raises(ValueError, match="fov_cut"):
+        augment.AugmentConfig(fov_cut=1.5)
+
+
 def test_mirror_reflects_across_the_plane_through_the_centre():
     from labelreg_training.augment import mirror_lps
     centre = torch.tensor([-12.0, 25.0, -40.0])

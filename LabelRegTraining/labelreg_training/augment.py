@@ -38,10 +38,15 @@ class AugmentConfig:
     #: gland with its mirror image, TRUS / MR: y 0.903 / 0.941, x 0.814 / 0.862, z 0.865 / 0.840;
     #: ``LabelRegTraining/scripts/mirror_symmetry.py``), and the MR shows the rectum along x.
     mirror_axis_lps: int = 1
+    #: probability that the TRUS localiser sees its volume end inside the gland (localiser stage):
+    #: 16 of the 81 TRUS glands are cut by the field of view, and there the localiser fails
+    #: (docs/experiments.md). 0 switches it off and draws nothing.
+    fov_cut: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= self.mirror <= 1.0:
-            raise ValueError(f"augment mirror is a probability in [0, 1], got {self.mirror!r}")
+        for name in ("mirror", "fov_cut"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment {name} is a probability in [0, 1], got {getattr(self, name)!r}")
         if self.mirror_axis_lps not in (0, 1, 2):
             raise ValueError(f"augment mirror_axis_lps must be 0, 1 or 2 (LPS x, y, z), got {self.mirror_axis_lps!r}")
 
@@ -86,6 +91,27 @@ def mirror_lps(flip: torch.Tensor, centre, axis: int) -> torch.Tensor:
     out[flip, axis, axis] = -1.0
     out[flip, axis, 3] = 2.0 * float(torch.as_tensor(centre, dtype=torch.float64)[axis])
     return out
+
+
+def cut_field_of_view(image: torch.Tensor, gland: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator):
+    """End the volume inside the gland, as the TRUS sweep does in some pairs: for each case, with
+    probability ``cfg.fov_cut``, image and gland map (B, 1, D, H, W) are zeroed beyond a plane of
+    array axis 0 (the slice axis) at one end, drawn at random, that keeps 60-95% of the gland's
+    slices. Returns new tensors; with ``fov_cut`` 0 the inputs themselves, and nothing is drawn."""
+    if not cfg.fov_cut:
+        return image, gland
+    image, gland = image.clone(), gland.clone()
+    draws = torch.rand(image.shape[0], 3, generator=gen)  # cut or not, which end, how much is kept
+    for b, (cut, end, keep) in enumerate(draws.tolist()):
+        slices = torch.nonzero(gland[b, 0].flatten(1).amax(1) > 0.5).flatten().tolist()
+        if cut >= cfg.fov_cut or not slices:
+            continue
+        first, last = slices[0], slices[-1]
+        kept = max(1, round((0.6 + 0.35 * keep) * (last - first + 1)))
+        region = slice(first + kept, None) if end < 0.5 else slice(None, last + 1 - kept)
+        image[b, :, region] = 0
+        gland[b, :, region] = 0
+    return image, gland
 
 
 def smooth_displacement(batch: int, shape, cfg: AugmentConfig, gen: torch.Generator, device=None) -> torch.Tensor:

@@ -168,8 +168,11 @@ class LossModule(nn.Module):
                                            aug.mirror_axis_lps).to(dev)
             points = transform_points(r, net_grid.points_lps(device=dev)) + augment.smooth_displacement(
                 image.shape[0], net_grid.shape_zyx, aug, gen, dev)
-            logits = net(sample(augment.intensity(image, aug, gen), grid, points))
+            seen = sample(augment.intensity(image, aug, gen), grid, points)
             target = sample(gland, grid, points).clamp(0, 1)
+            if role == "fixed":  # the TRUS volume may end inside the gland
+                seen, target = augment.cut_field_of_view(seen, target, aug, gen)
+            logits = net(seen)
             p = torch.sigmoid(logits)
             dice = dice + 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
             ce = ce + F.binary_cross_entropy_with_logits(logits, target)
