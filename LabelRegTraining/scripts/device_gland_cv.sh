@@ -14,7 +14,8 @@
 # --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid).
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
 # training subjects the local stage learns from (--train-fraction, learning curves; runs named
-# local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it). A CPU check:
+# local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it);
+# LOCALISER_CONFIG (default configs/gland_alignment.json; e.g. configs/gland_alignment_fovcut.json). A CPU check:
 #   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02
 # shellcheck source=device_env.sh
 . "$(dirname "$0")/device_env.sh"
@@ -33,7 +34,7 @@ evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL
 
 fold_job() {  # the localisers of one fold, then its local stages in parallel
     local fold=$1 out=$runs/fold$1
-    $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" --config "$gland" --out "$out/localiser" --stage localiser \
+    $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" --config "${LOCALISER_CONFIG:-$gland}" --out "$out/localiser" --stage localiser \
         --steps 1500 --lr 1e-3 --lr-final 3e-5 --val-every 250 --minutes "$(minutes 2.5)" || return
     evaluate "$out/localiser/best.pt" affine "$fold" "$out/localiser/eval.json" "gland alignment (localiser stage)" &
     local variant seed flags label
