@@ -100,18 +100,17 @@ def cut_field_of_view(image: torch.Tensor, gland: torch.Tensor, cfg: AugmentConf
     slices. Returns new tensors; with ``fov_cut`` 0 the inputs themselves, and nothing is drawn."""
     if not cfg.fov_cut:
         return image, gland
-    image, gland = image.clone(), gland.clone()
-    draws = torch.rand(image.shape[0], 3, generator=gen)  # cut or not, which end, how much is kept
-    for b, (cut, end, keep) in enumerate(draws.tolist()):
-        slices = torch.nonzero(gland[b, 0].flatten(1).amax(1) > 0.5).flatten().tolist()
-        if cut >= cfg.fov_cut or not slices:
-            continue
-        first, last = slices[0], slices[-1]
-        kept = max(1, round((0.6 + 0.35 * keep) * (last - first + 1)))
-        region = slice(first + kept, None) if end < 0.5 else slice(None, last + 1 - kept)
-        image[b, :, region] = 0
-        gland[b, :, region] = 0
-    return image, gland
+    # cut or not, which end, how much is kept; in float64, on the images' device (no sync per case)
+    cut, end, keep = torch.rand(image.shape[0], 3, generator=gen).double().to(gland.device).unbind(1)
+    occupied = gland[:, 0].flatten(2).amax(2) > 0.5  # (B, D): slices holding gland
+    depth = occupied.shape[1]
+    index = torch.arange(depth, device=gland.device)
+    first = torch.where(occupied, index, depth).amin(1)
+    last = torch.where(occupied, index, -1).amax(1)
+    kept = ((0.6 + 0.35 * keep) * (last - first + 1)).round().clamp(min=1).long()
+    beyond = torch.where((end < 0.5)[:, None], index >= (first + kept)[:, None], index < (last + 1 - kept)[:, None])
+    mask = (beyond & ((cut < cfg.fov_cut) & occupied.any(1))[:, None])[:, None, :, None, None]
+    return image.masked_fill(mask, 0), gland.masked_fill(mask, 0)
 
 
 def smooth_displacement(batch: int, shape, cfg: AugmentConfig, gen: torch.Generator, device=None) -> torch.Tensor:
