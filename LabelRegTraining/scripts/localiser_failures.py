@@ -10,18 +10,18 @@ import argparse
 import numpy as np
 import torch
 from labelreg.metrics import centroid_lps
-from labelreg.model import gland_probability, normalize_intensity, probability_centroid_lps
+from labelreg.model import normalize_intensity, probability_centroid_lps
 from labelreg.warp import sample
 from labelreg_training.data import validation_cases
 from labelreg_training.evaluate import load_pairs
 from labelreg_training.train import load_checkpoint
 
 
-def predict(model, role, volume):
-    """(gland probability on the localiser grid, that grid) for one image."""
-    image = torch.from_numpy(normalize_intensity(volume.array, model.config.intensity_percentiles))[None, None]
-    with torch.no_grad():
-        return gland_probability(model.localisers[role], image, volume.grid, model.config.localiser_spacing)
+def gland_maps(model, fixed, moving):
+    """The model's two gland maps of a pair: ((TRUS probability, its grid), (MR probability, its grid))."""
+    image = [torch.from_numpy(normalize_intensity(v.array, model.config.intensity_percentiles))[None, None]
+             for v in (fixed, moving)]
+    return model.gland_maps(image[0], fixed.grid, image[1], moving.grid)
 
 
 def main():
@@ -37,10 +37,12 @@ def main():
     model = load_checkpoint(args.checkpoint)[0].eval()
     data_dir, names = validation_cases(args.data, 5, args.fold)
     pairs = {pair[0]: pair for pair in load_pairs(data_dir, names)}
+    maps = {}
     for name, fixed, moving, moving_labels, fixed_labels in pairs.values():
+        maps[name] = gland_maps(model, fixed, moving)
         errors = []
-        for role, volume, labels in (("fixed", fixed, fixed_labels), ("moving", moving, moving_labels)):
-            centroid, found = probability_centroid_lps(*predict(model, role, volume))
+        for (probability, grid), volume, labels in zip(maps[name], (fixed, moving), (fixed_labels, moving_labels)):
+            centroid, found = probability_centroid_lps(probability, grid)
             true = centroid_lps(labels.channels[0], volume.grid)
             errors.append(float(np.linalg.norm(centroid[0].numpy() - true)) if found[0] else float("nan"))
         print(f"{name}: gland centroid error TRUS {errors[0]:.1f} mm, MR {errors[1]:.1f} mm")
@@ -52,7 +54,7 @@ def main():
         fig, axes = plt.subplots(len(cases), 3, figsize=(12, 4 * len(cases)), squeeze=False)
         for row, case in zip(axes, cases):
             _, fixed, _, _, fixed_labels = pairs[case]
-            probability, grid = predict(model, "fixed", fixed)
+            probability, grid = maps[case][0]
             on_image = sample(probability, grid, fixed.grid.points_lps()[None])[0, 0].numpy()
             label = fixed_labels.channels[0]
             for axis, ax in enumerate(row):
