@@ -348,6 +348,33 @@ def test_evaluate_can_measure_the_training_cases(dataset):
         validation_cases(dataset.data_dir, 3, 0, split="tuning")
 
 
+def test_evaluate_takes_the_cases_from_the_run_and_refuses_another_fold(dataset, tmp_path, capsys):
+    """With a checkpoint, ``--split training`` measures the cases its run recorded (a
+    ``--train-fraction`` share included), and a fold other than the run's is refused: its
+    validation cases would be cases the run trained on."""
+    from labelreg_training.cli import main as train_main
+    path = train(_config(tmp_path, steps=1, folds=3, fold=1), dataset, log=lambda *_: None)
+    config_path = tmp_path / "run" / "config.json"
+    run = json.loads(config_path.read_text())
+    common = ["evaluate", "--data", str(dataset.data_dir), "--checkpoint", str(path), "--folds", "3", "--mode",
+              "affine", "--threads", "1", "--no-hd95"]
+
+    def evaluated(*extra):
+        out = tmp_path / "eval.json"
+        assert train_main([*common, *extra, "--json", str(out)]) == 0
+        return sorted(r["case"] for r in json.loads(out.read_text())["rows"])
+
+    assert evaluated("--fold", "1") == sorted(run["val_cases"])
+    assert evaluated("--fold", "1", "--split", "training") == sorted(run["train_cases"])
+    recorded = sorted(run["tune_cases"])  # any other list the run recorded: the fold's split no longer decides
+    assert recorded != sorted(run["train_cases"])
+    config_path.write_text(json.dumps(run | {"train_cases": recorded}))
+    assert evaluated("--fold", "1", "--split", "training") == recorded
+    capsys.readouterr()
+    assert train_main([*common, "--fold", "0"]) == 2
+    assert "trained on fold 1 of 3" in capsys.readouterr().err
+
+
 def test_evaluate_reads_a_data_cache_as_it_reads_the_folder(dataset, tmp_path):
     """``evaluate --data cache-*.pt`` (a GPU machine without NIfTI files or SimpleITK) measures
     the same cases as from the folder, with the same figures up to the cache's float16 images."""

@@ -78,7 +78,9 @@ def _evaluate(args) -> int:
     from .train import load_checkpoint
 
     hd95 = not args.no_hd95
-    if args.data and Path(args.data).is_file():  # a data cache: no NIfTI files or SimpleITK needed
+    run = _run_config(args)
+    cached = bool(args.data) and Path(args.data).is_file()
+    if cached:  # a data cache: no NIfTI files or SimpleITK needed
         from labelreg import _sitk
         if hd95 and not _sitk.available:
             print("evaluate: SimpleITK is not installed, so HD95 is skipped (nan); the other metrics need only torch",
@@ -86,10 +88,11 @@ def _evaluate(args) -> int:
             hd95 = False
         data = load_dataset(args.data)
         names = fold_cases(data.subjects, args.folds, args.fold, args.seed, args.split)
-        pairs = cached_pairs(data, names)
     else:
         data_dir, names = validation_cases(args.data, args.folds, args.fold, args.seed, args.split)
-        pairs = load_pairs(data_dir, names)
+    if args.split == "training" and run.get("train_cases"):
+        names = run["train_cases"]  # exactly what the run trained on (a --train-fraction share included)
+    pairs = cached_pairs(data, names) if cached else load_pairs(data_dir, names)
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint)
     else:
@@ -106,6 +109,23 @@ def _evaluate(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0
+
+
+def _run_config(args) -> dict:
+    """The ``config.json`` of the run that wrote ``--checkpoint`` ({} if none). A run trained on one
+    fold must be evaluated on that fold: another fold's validation cases are its training cases."""
+    if not args.checkpoint:
+        return {}
+    path = Path(args.checkpoint).parent / "config.json"
+    if not path.is_file():
+        return {}
+    run = json.loads(path.read_text())
+    trained_for = (run.get("folds"), run.get("fold"), run.get("seed"))
+    if (run.get("folds") or 0) > 1 and trained_for != (args.folds, args.fold, args.seed):
+        raise LabelRegError(f"{args.checkpoint} was trained on fold {run['fold']} of {run['folds']} (split seed "
+                            f"{run['seed']}), so fold {args.fold} of {args.folds} (seed {args.seed}) holds cases it "
+                            f"trained on: pass --folds {run['folds']} --fold {run['fold']} --seed {run['seed']}")
+    return run
 
 
 def _export(args) -> int:
@@ -172,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fold", type=int, default=0)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--split", default="validation", choices=["validation", "training"],
-                       help="evaluate: the fold's validation cases, or the cases it trained on (the default tuning "
-                            f"share, {TUNE_FRACTION}, excluded) to measure the overfit")
+                       help="evaluate: the fold's validation cases, or the cases it trained on to measure the "
+                            "overfit (those the checkpoint's run recorded in its config.json; else the fold's, the "
+                            f"default tuning share, {TUNE_FRACTION}, excluded)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--json", help="write rows and summary here")
