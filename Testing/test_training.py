@@ -336,6 +336,23 @@ def test_export_records_every_stage_that_led_to_the_model(dataset, tmp_path):
     assert meta["stages"][1]["init_from"] == str(first)
 
 
+def test_inference_options_change_a_checkpoint_without_its_weights(dataset, tmp_path):
+    """``evaluate``/``export --gland-translation overlap``: the option reaches the model (and the
+    exported file's config and metadata) with the same weights; options that change weights are refused."""
+    from labelreg_training.export import export_model
+    from labelreg_training.train import load_checkpoint
+    path = train(_config(tmp_path, steps=1), dataset, log=lambda *_: None)
+    plain, _ = load_checkpoint(path)
+    overlap, _ = load_checkpoint(path, gland_translation="overlap", overlap_radius_mm=9.0)
+    assert (plain.config.gland_translation, overlap.config.gland_translation) == ("centroid", "overlap")
+    assert overlap.config.overlap_radius_mm == 9.0
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), overlap.state_dict().values()))
+    with pytest.raises(ValueError, match="only"):
+        load_checkpoint(path, grid_spacing_mm=2.0)
+    model, meta = load_model(export_model(path, tmp_path / "m.pt", gland_translation="overlap"))
+    assert model.config.gland_translation == "overlap" and meta["model_options"] == {"gland_translation": "overlap"}
+
+
 def test_evaluate_can_measure_the_training_cases(dataset):
     """``evaluate --split training`` sees exactly the cases the fold trained on."""
     from labelreg.errors import LabelRegError

@@ -94,7 +94,7 @@ def _evaluate(args) -> int:
         names = run["train_cases"]  # exactly what the run trained on (a --train-fraction share included)
     pairs = cached_pairs(data, names) if cached else load_pairs(data_dir, names)
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
+        model, _ = load_checkpoint(args.checkpoint, **_inference_options(args))
     else:
         model = RegistrationModel()  # untrained: the initial alignment only
     torch.set_num_threads(args.threads)
@@ -109,6 +109,17 @@ def _evaluate(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0
+
+
+def _inference_options(args) -> dict:
+    """The model options given on the command line (``--gland-translation``)."""
+    return {"gland_translation": args.gland_translation} if getattr(args, "gland_translation", None) else {}
+
+
+def _add_inference_options(p):
+    p.add_argument("--gland-translation", choices=("centroid", "overlap"),
+                   help="how the gland alignment matches the two predicted glands (default: the checkpoint's): "
+                        "centroid to centroid, or the best overlap of the two gland maps")
 
 
 def _run_config(args) -> dict:
@@ -130,7 +141,8 @@ def _run_config(args) -> dict:
 
 def _export(args) -> int:
     from .export import export_model
-    path = export_model(args.checkpoint, args.out, [Path(m) for m in args.metrics], args.data, sys.argv)
+    path = export_model(args.checkpoint, args.out, [Path(m) for m in args.metrics], args.data, sys.argv,
+                        **_inference_options(args))
     print(f"exported {path}")
     return 0
 
@@ -204,11 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--linear", default="rigid", choices=["rigid", "affine"], help="baseline: linear stage")
         p.add_argument("--method", default="simpleitk", choices=["simpleitk", "elastix"],
                        help="baseline: SimpleITK or elastix (pip install itk-elastix)")
+        if name == "evaluate":
+            _add_inference_options(p)
     p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
     p.add_argument("--data", help="data folder, recorded with its fingerprint")
     p.add_argument("--out", default=None, help="default: the bundled model path")
+    _add_inference_options(p)
     p = sub.add_parser("report", help="markdown table of evaluation JSON files")
     p.add_argument("files", nargs="+")
     p = sub.add_parser("compare", help="paired changes of methods against the first, per pair (sign test, bootstrap CI)")

@@ -48,8 +48,10 @@ def _summary(metrics_file) -> dict:
     return result.get("summary") | {"mode": result.get("mode")}
 
 
-def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=()) -> Path:
-    model, state = load_checkpoint(checkpoint)
+def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=(), **options) -> Path:
+    """``options``: inference options of the model configuration (``train.INFERENCE_OPTIONS``,
+    e.g. ``gland_translation="overlap"``) to set in the exported model."""
+    model, state = load_checkpoint(checkpoint, **options)
     run_dir = Path(checkpoint).parent
     train_config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     metadata = {
@@ -65,6 +67,7 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=())
         "stages": stage_chain(checkpoint, state),
         "split": {k: train_config.get(k) for k in ("train_cases", "tune_cases", "val_cases")},
         "metrics": [_summary(m) for m in metrics_files],
+        "model_options": options,
         "command_line": " ".join(argv),
     }
     if data_dir:

@@ -274,10 +274,18 @@ def _atomic_torch_save(obj, path: Path):
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path) -> tuple:
-    """(model with the checkpoint's weights, the checkpoint dict) from a training checkpoint."""
+#: model options that change no weight, so a checkpoint may be loaded with others (``evaluate``, ``export``)
+INFERENCE_OPTIONS = ("gland_translation", "overlap_radius_mm")
+
+
+def load_checkpoint(path, **options) -> tuple:
+    """(model with the checkpoint's weights, the checkpoint dict) from a training checkpoint;
+    ``options``: :data:`INFERENCE_OPTIONS` to set in its model configuration."""
+    unknown = set(options) - set(INFERENCE_OPTIONS)
+    if unknown:
+        raise ValueError(f"only {INFERENCE_OPTIONS} can be changed when loading a checkpoint, got {sorted(unknown)}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = RegistrationModel(ModelConfig.from_dict(state["model_config"]))
+    model = RegistrationModel(ModelConfig.from_dict(state["model_config"] | options))
     model.load_state_dict(state["model"])
     return model, state
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .grid import Grid
 from .networks import GlandLocaliser, GlobalNet, LocalNet
+from .overlap import overlap_translation_lps
 from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
 from .warp import sample
 
@@ -21,6 +22,10 @@ MODES = ("affine", "deformable", "local")
 #: the grid-only alignments, and "gland": the translation between the gland centroids that the
 #: model's two gland localisers predict (models with a ``localiser`` only)
 ALIGNMENTS = INITIAL_ALIGNMENTS + ("gland",)
+
+
+#: how the "gland" alignment matches the predicted glands (:attr:`ModelConfig.gland_translation`)
+GLAND_TRANSLATIONS = ("centroid", "overlap")
 
 
 def is_gland_alignment(alignment) -> bool:
@@ -44,6 +49,10 @@ class ModelConfig:
         local_gland_inputs: the local net also sees the gland probability maps the two
             localisers predict (the fixed one, and the moving one warped like the moving image):
             4 input channels instead of 2. Still images only: the maps come from the images.
+        gland_translation: how the "gland" alignment matches the two predicted glands:
+            "centroid" (the translation between their centroids) or "overlap" (the translation,
+            within ``overlap_radius_mm`` of the centroid one, that maximises the soft Dice of the two
+            maps in the fixed field of view: :mod:`labelreg.overlap`). Inference only: no weights.
     """
 
     grid_spacing_mm: float = 3.0
@@ -55,6 +64,8 @@ class ModelConfig:
     localiser: dict | None = None
     localiser_spacing_mm: float | None = None
     local_gland_inputs: bool = False
+    gland_translation: str = "centroid"
+    overlap_radius_mm: float = 12.0
     format_version: int = FORMAT_VERSION
 
     @property
@@ -68,6 +79,10 @@ class ModelConfig:
             raise ValueError("initial_alignment 'gland' needs a localiser (its constructor arguments, e.g. {})")
         if self.local_gland_inputs and self.localiser is None:
             raise ValueError("local_gland_inputs needs a localiser (its constructor arguments, e.g. {})")
+        if self.gland_translation not in GLAND_TRANSLATIONS:
+            raise ValueError(f"gland_translation must be one of {GLAND_TRANSLATIONS}, got {self.gland_translation!r}")
+        if not self.overlap_radius_mm > 0:
+            raise ValueError(f"overlap_radius_mm must be positive, got {self.overlap_radius_mm}")
         if "in_channels" in self.local_net:
             raise ValueError("local_net: set local_gland_inputs instead of in_channels")
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
@@ -132,7 +147,8 @@ class RegistrationModel(nn.Module):
 
         ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
         localiser segments its (normalised) image on a ``localiser_spacing`` grid, and the
-        translation takes the predicted TRUS gland centroid to the predicted MR one; a pair
+        translation takes the predicted TRUS gland to the predicted MR one (centroid to centroid,
+        or best overlap: ``config.gland_translation``); a pair
         where either prediction is empty falls back to the volume centres. ``gland_maps``: the
         :meth:`gland_maps` of these images, when already computed.
 
@@ -159,11 +175,16 @@ class RegistrationModel(nn.Module):
 
     def gland_centroids_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                             gland_maps: tuple | None = None):
-        """The gland centroids the two localisers predict: ((B, 3) fixed LPS, (B, 3) moving LPS,
-        (B,) bool: both predictions are non-empty)."""
+        """Corresponding points of the two predicted glands: ((B, 3) fixed LPS, (B, 3) moving LPS,
+        (B,) bool: both predictions are non-empty). The fixed point is the TRUS gland's centroid;
+        the moving one is the MR gland's centroid, or with ``gland_translation`` "overlap" the
+        fixed centroid moved by the best-overlap translation."""
         (fixed_p, fixed_g), (moving_p, moving_g) = gland_maps or self.gland_maps(fixed, fixed_grid, moving, moving_grid)
         fixed_c, fixed_found = probability_centroid_lps(fixed_p, fixed_g)
         moving_c, moving_found = probability_centroid_lps(moving_p, moving_g)
+        if self.config.gland_translation == "overlap":
+            moving_c = fixed_c + overlap_translation_lps(fixed_p, fixed_g, moving_p, moving_g, moving_c - fixed_c,
+                                                         self.config.overlap_radius_mm)
         return fixed_c, moving_c, fixed_found & moving_found
 
     def forward_pair(
