@@ -529,6 +529,11 @@ def test_compare_pairs_cases_across_folds(tmp_path, capsys):
     assert sign_test_p(10, 0) == pytest.approx(2 / 1024) and sign_test_p(0, 0) == 1.0
     assert train_main(["compare", *base, *cand]) == 0
     assert "| new | 4 | -1.50 [" in capsys.readouterr().out
+    # a subgroup: p1 and p4 (-1, -4), or all but them (-2, +1)
+    assert train_main(["compare", *base, *cand, "--cases", "p1,p4"]) == 0
+    assert "| new | 2 | -2.50 [" in capsys.readouterr().out
+    assert train_main(["compare", *base, *cand, "--exclude", "p1,p4"]) == 0
+    assert "| new | 2 | -0.50 [" in capsys.readouterr().out
     # a lone method, and a case counted twice in one method, are clear errors
     assert train_main(["compare", *base]) == 2
     assert "at least two methods" in capsys.readouterr().err

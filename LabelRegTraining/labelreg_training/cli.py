@@ -179,7 +179,9 @@ def _report(args) -> int:
 def _compare(args) -> int:
     """Paired changes of each method against the first one, on the pairs both evaluated."""
     from .compare import compare, format_table
-    print(format_table(compare(args.files)))
+    def names(text):
+        return set(filter(None, (text or "").split(",")))
+    print(format_table(compare(args.files, names(args.cases) if args.cases else None, names(args.exclude))))
     return 0
 
 
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="paired changes of methods against the first, per pair (sign test, bootstrap CI)")
     p.add_argument("files", nargs="+", help="evaluation JSON files; files with the same label are one method, "
                    "the first label is the baseline")
+    p.add_argument("--cases", help="only these cases, comma-separated (a subgroup, e.g. the cut glands)")
+    p.add_argument("--exclude", help="all cases but these, comma-separated")
     p = sub.add_parser("plot", help="loss and metric curves of a run as PNG")
     p.add_argument("log", help="a run's log.csv")
     p.add_argument("--out", help="PNG path (default beside the log)")

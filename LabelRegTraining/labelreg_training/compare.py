@@ -81,16 +81,21 @@ def paired(base_rows: dict, rows: dict) -> dict:
     return {"pairs": len(cases), "d_tre_mm": d_tre, "d_dice": d_dice}
 
 
-def compare(paths) -> list:
-    """One result per group after the first (the baseline): the paired change against the baseline."""
+def compare(paths, cases=None, exclude=()) -> list:
+    """One result per group after the first (the baseline): the paired change against the baseline.
+    ``cases``: only these cases (e.g. a subgroup); ``exclude``: all but these."""
     groups = load_groups(paths)
     if len(groups) < 2:
         raise LabelRegError(f"compare needs at least two methods (labels); got {list(groups) or 'none'}")
+
+    def chosen(rows: dict) -> dict:
+        return {c: r for c, r in rows.items() if (cases is None or c in cases) and c not in exclude}
+
     (base_label, base_blobs), *others = groups.items()
-    base_rows = _by_case(base_blobs)
+    base_rows = chosen(_by_case(base_blobs))
     results = []
     for label, blobs in others:
-        p = paired(base_rows, _by_case(blobs))
+        p = paired(base_rows, chosen(_by_case(blobs)))
         d_tre, d_dice = np.asarray(p["d_tre_mm"]), np.asarray(p["d_dice"])
         if not d_tre.size and not d_dice.size:
             raise LabelRegError(f"'{label}' and '{base_label}' share cases but no landmark TRE or Dice to compare")
