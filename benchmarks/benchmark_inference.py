@@ -8,7 +8,8 @@ synthetic phantom; the bundled model if installed, else ``--model``, else an unt
 (same architecture, so the timings are the same). Prints medians over ``--runs`` runs after
 a warm-up: file I/O, preprocess, network, compose, warp (image + labels), the total per pair
 excluding file I/O, batch throughput, peak memory and model size, and a baseline measured
-in the same run (the same pipeline in affine mode: global net only).
+in the same run (the same pipeline in affine mode: global net only); for a model whose gland
+alignment uses the best overlap, also the same model from the gland centroids.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -110,6 +112,11 @@ def main(argv=None) -> int:
     total, stages = median_times(engine, one, "deformable", args.runs)
     affine_total, affine_stages = median_times(engine, one, "affine", args.runs)
     batched, _ = median_times(engine, one * args.batch, "deformable", max(3, args.runs // 2), warmup=1)
+    centroid = None
+    if model.config.gland_translation == "overlap":  # its baseline: the same model from the gland centroids
+        overlap_config, model.config = model.config, replace(model.config, gland_translation="centroid")
+        centroid = median_times(engine, one, "deformable", args.runs)
+        model.config = overlap_config
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
     print(f"pair:    {description}; fixed {fixed.grid.size}, moving {moving.grid.size}, "
@@ -127,6 +134,11 @@ def main(argv=None) -> int:
         base_text = "" if base is None else f"{base * 1000:15.1f} ms"
         print(f"{name:28s}{value * 1000:9.1f} ms{base_text:>20s}")
     print(f"{'deformable / affine':28s}{total / affine_total:10.2f} x")
+    if centroid:
+        print(f"{'alignment from centroids':28s}{centroid[1]['alignment'] * 1000:9.1f} ms   (the same model, "
+              f"gland_translation centroid)")
+        print(f"{'total, from centroids':28s}{centroid[0] * 1000:9.1f} ms   (overlap / centroid "
+              f"{total / centroid[0]:.2f} x)")
     print(f"{'throughput, batch 1':28s}{1 / total:9.2f} pairs/s")
     print(f"{f'throughput, batch {args.batch}':28s}{args.batch / batched:9.2f} pairs/s")
     print(f"{'peak RSS':28s}{peak_mb:9.0f} MB")

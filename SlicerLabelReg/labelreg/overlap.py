@@ -62,7 +62,8 @@ def overlap_translation_lps(fixed_p: torch.Tensor, fixed_grid: Grid, moving_p: t
     block = (slice(None), *torch.meshgrid(*lags, indexing="ij"))
     fixed_mass = fixed.flatten(1).sum(1)[:, None, None, None]
     dice = 2 * overlap[block] / (fixed_mass + moving_mass[block]).clamp_min(1e-9)
-    best = torch.stack(torch.unravel_index(dice.flatten(1).argmax(1), dice.shape[1:]), dim=1)  # (B, 3) zyx
+    flat, (_, h, w) = dice.flatten(1).argmax(1), dice.shape[1:]  # (torch.unravel_index imports sympy: ~1 s)
+    best = torch.stack([flat // (h * w), flat // w % h, flat % w], dim=1)  # (B, 3) zyx
     shift_zyx = best.to(dtype) - torch.tensor(pad_zyx, dtype=dtype, device=fixed_p.device)
     for b in range(dice.shape[0]):
         for axis in range(3):
