@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--threads", type=int, help="CPU threads for torch")
     engine.add_argument("--mode", choices=MODES, default="deformable")
     engine.add_argument("--initial-alignment", choices=ALIGNMENTS,
-                        help="before the networks: align volume centres, trust headers, or predicted gland centroids (models with gland localisers); default: the model's")
+                        help="before the networks: align volume centres, trust headers, or the predicted glands (models with gland localisers: centroids or best overlap, as the model says); default: the model's")
 
     parser = _Parser(prog="labelreg", description="Label-driven MR (moving) to TRUS (fixed) prostate registration.")
     parser.add_argument("--version", action="version", version=f"labelreg {__version__}")

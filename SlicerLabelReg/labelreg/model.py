@@ -19,8 +19,8 @@ from .warp import sample
 
 FORMAT_VERSION = 1
 MODES = ("affine", "deformable", "local")
-#: the grid-only alignments, and "gland": the translation between the gland centroids that the
-#: model's two gland localisers predict (models with a ``localiser`` only)
+#: the grid-only alignments, and "gland": the translation between the two glands that the model's
+#: gland localisers predict (centroids or best overlap: :attr:`ModelConfig.gland_translation`)
 ALIGNMENTS = INITIAL_ALIGNMENTS + ("gland",)
 
 
@@ -40,7 +40,7 @@ class ModelConfig:
     Attributes:
         grid_spacing_mm: isotropic spacing of the network grid, built around the fixed image.
         initial_alignment: "centers" (align volume centres), "headers" (trust file headers) or
-            "gland" (predicted gland centroids; needs ``localiser``).
+            "gland" (the predicted glands, see ``gland_translation``; needs ``localiser``).
         intensity_percentiles: each image is mapped linearly so these percentiles go to 0 and 1.
         global_net / local_net: constructor arguments of the two networks.
         localiser: constructor arguments of the two :class:`GlandLocaliser` (TRUS, MR), or None.
