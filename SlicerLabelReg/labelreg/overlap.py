@@ -64,18 +64,26 @@ def overlap_translation_lps(fixed_p: torch.Tensor, fixed_grid: Grid, moving_p: t
     dice = 2 * overlap[block] / (fixed_mass + moving_mass[block]).clamp_min(1e-9)
     flat, (_, h, w) = dice.flatten(1).argmax(1), dice.shape[1:]  # (torch.unravel_index imports sympy: ~1 s)
     best = torch.stack([flat // (h * w), flat // w % h, flat % w], dim=1)  # (B, 3) zyx
-    shift_zyx = best.to(dtype) - torch.tensor(pad_zyx, dtype=dtype, device=fixed_p.device)
-    for b in range(dice.shape[0]):
-        for axis in range(3):
-            at = best[b].tolist()
-            if 0 < at[axis] < dice.shape[axis + 1] - 1:
-                at[axis] -= 1
-                lower = dice[(b, *at)]
-                at[axis] += 2
-                upper = dice[(b, *at)]
-                centre = dice[(b, *best[b].tolist())]
-                curvature = lower - 2 * centre + upper
-                if curvature < 0:
-                    shift_zyx[b, axis] += (0.5 * (lower - upper) / curvature).clamp(-0.5, 0.5)
+    shift_zyx = best.to(dtype) - torch.tensor(pad_zyx, dtype=dtype, device=fixed_p.device) + _vertex(dice, best)
     step_t = torch.as_tensor(step, dtype=dtype, device=fixed_p.device)
     return (start + shift_zyx.flip(1) @ step_t.T).to(start_lps.dtype)
+
+
+def _vertex(scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """(B, 3) sub-voxel offsets of the peaks ``best`` (B, 3) of ``scores`` (B, z, y, x): per axis, the
+    vertex of the parabola through the peak and its two neighbours, within half a voxel (0 at the
+    block's edge, or where the scores do not curve down)."""
+    batch = torch.arange(best.shape[0], device=best.device)
+    centre = scores[(batch, *best.T)]
+    offsets = torch.zeros(best.shape, dtype=scores.dtype, device=scores.device)
+    for axis in range(3):
+        size = scores.shape[axis + 1]
+        below, above = best.clone(), best.clone()
+        below[:, axis] = (best[:, axis] - 1).clamp(min=0)
+        above[:, axis] = (best[:, axis] + 1).clamp(max=size - 1)
+        lower, upper = scores[(batch, *below.T)], scores[(batch, *above.T)]
+        curvature = lower - 2 * centre + upper
+        inner = (best[:, axis] > 0) & (best[:, axis] < size - 1) & (curvature < 0)
+        vertex = 0.5 * (lower - upper) / torch.where(inner, curvature, -torch.ones_like(curvature))
+        offsets[:, axis] = torch.where(inner, vertex.clamp(-0.5, 0.5), torch.zeros_like(vertex))
+    return offsets
