@@ -11,12 +11,15 @@
 #
 # VARIANTS (default "one all all_mirror"): one = the recipe (one label per step), all =
 # --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json, all_2mm =
-# --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid).
+# --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid), overlap = the
+# bundled recipe since stop 17 (one label, configs/gland_overlap.json: the gland translation by best
+# overlap), overlap_all = overlap with --label-draw all. The localisers are evaluated from their
+# centroids (eval.json) and by best overlap (eval_overlap.json).
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
 # training subjects the local stage learns from (--train-fraction, learning curves; runs named
 # local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it);
 # LOCALISER_CONFIG (default configs/gland_alignment.json; e.g. configs/gland_alignment_fovcut.json). A CPU check:
-#   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02
+#   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02   (VARIANTS=overlap: 2 min)
 # shellcheck source=device_env.sh
 . "$(dirname "$0")/device_env.sh"
 runs=$root/runs/device_gland
@@ -27,9 +30,9 @@ mirror=$here/../configs/gland_local_mirror.json
 common=(--data "$data" --threads 1 --log-every 25 --checkpoint-minutes 1)
 steps=${LOCAL_STEPS:-600}
 
-evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL
+evaluate() {  # evaluate CHECKPOINT MODE FOLD JSON LABEL [EVALUATE FLAGS]
     $LABELREG_TRAIN evaluate --data "$data" --checkpoint "$1" --mode "$2" --fold "$3" --device "$device" --threads 1 \
-        --json "$4" --label "$5"
+        --json "$4" --label "$5" "${@:6}"
 }
 
 fold_job() {  # the localisers of one fold, then its local stages in parallel
@@ -37,6 +40,8 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
     $LABELREG_TRAIN fit "${common[@]}" --fold "$fold" --config "${LOCALISER_CONFIG:-$gland}" --out "$out/localiser" --stage localiser \
         --steps 1500 --lr 1e-3 --lr-final 3e-5 --val-every 250 --minutes "$(minutes 2.5)" || return
     evaluate "$out/localiser/best.pt" affine "$fold" "$out/localiser/eval.json" "gland alignment (localiser stage)" &
+    evaluate "$out/localiser/best.pt" affine "$fold" "$out/localiser/eval_overlap.json" \
+        "gland alignment by best overlap (localiser stage)" --gland-translation overlap &
     local variant seed flags label
     for variant in ${VARIANTS:-one all all_mirror}; do
         case $variant in
@@ -45,6 +50,9 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
             all_mirror) flags=(--config "$mirror" --label-draw all); label="all labels, mirrored pairs" ;;
             all_2mm) flags=(--config "$here/../configs/gland_local_2mm.json" --label-draw all)
                 label="all labels, local net on a 2 mm grid" ;;
+            overlap) flags=(--config "$here/../configs/gland_overlap.json"); label="overlap alignment, one label per step" ;;
+            overlap_all) flags=(--config "$here/../configs/gland_overlap.json" --label-draw all)
+                label="overlap alignment, all labels" ;;
             *) echo "unknown variant $variant"; return 1 ;;
         esac
         for fraction in ${FRACTIONS:-1}; do
