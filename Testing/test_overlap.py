@@ -106,3 +106,23 @@ def test_gland_translation_options_are_checked():
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "gland_translation"}
                                  ).gland_translation == "centroid"  # models saved before the option
+
+
+def test_a_model_file_of_format_1_still_loads_and_aligns_by_centroids(tmp_path):
+    """Model files written before ``gland_translation`` (format 1) load as centroid models; a
+    format-2 file is what this LabelReg writes."""
+    import json
+
+    from labelreg.model import FORMAT_VERSION
+    from labelreg.model_io import load_model, save_model, sha256_of, sidecar_path
+    model = RegistrationModel(ModelConfig(initial_alignment="gland", localiser=LOCALISER, gland_translation="overlap"))
+    path = save_model(tmp_path / "m.pt", model)
+    assert FORMAT_VERSION == 2 and load_model(path)[0].config.gland_translation == "overlap"
+    old = torch.load(path, weights_only=True)
+    old["format_version"] = 1
+    old["config"] = {k: v for k, v in old["config"].items() if k not in ("gland_translation", "overlap_radius_mm")}
+    torch.save(old, path)
+    meta = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps(meta | {"format_version": 1, "sha256": sha256_of(path)}))
+    loaded, _ = load_model(path)
+    assert loaded.config.gland_translation == "centroid"

@@ -17,7 +17,9 @@ from .overlap import overlap_translation_lps
 from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
 from .warp import sample
 
-FORMAT_VERSION = 1
+#: 2 (2026-11-28): ModelConfig.gland_translation; a format-1 model aligns by gland centroids, and a
+#: LabelReg that reads only format 1 refuses a format-2 model instead of ignoring the option
+FORMAT_VERSION = 2
 MODES = ("affine", "deformable", "local")
 #: the grid-only alignments, and "gland": the translation between the two glands that the model's
 #: gland localisers predict (centroids or best overlap: :attr:`ModelConfig.gland_translation`)
