@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from labelreg.engine import RegistrationEngine
 from labelreg.io import read_image, read_labels
 from labelreg.metrics import evaluate_pair, summarize
+from labelreg.model import normalize_intensity
 from labelreg.volume import Volume
 
 
@@ -22,6 +24,14 @@ def load_pairs(data_dir, names) -> list:
                       read_labels(data_dir / "moving_labels" / f"{n}.nii.gz", moving.grid, "moving labels"),
                       read_labels(data_dir / "fixed_labels" / f"{n}.nii.gz", fixed.grid, "fixed labels")))
     return pairs
+
+
+def predicted_gland_maps(model, fixed: Volume, moving: Volume) -> tuple:
+    """A gland model's two gland maps of one pair (probes): ((TRUS probability (1, 1, ...), its
+    grid), (MR probability, its grid)), from the images normalised as the engine does."""
+    image = [torch.from_numpy(normalize_intensity(v.array, model.config.intensity_percentiles))[None, None]
+             for v in (fixed, moving)]
+    return model.gland_maps(image[0], fixed.grid, image[1], moving.grid)
 
 
 def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", batch: int = 8, hd95: bool = True):

@@ -10,18 +10,11 @@ import argparse
 import numpy as np
 import torch
 from labelreg.metrics import centroid_lps
-from labelreg.model import normalize_intensity, probability_centroid_lps
+from labelreg.model import probability_centroid_lps
 from labelreg.warp import sample
 from labelreg_training.data import validation_cases
-from labelreg_training.evaluate import load_pairs
+from labelreg_training.evaluate import load_pairs, predicted_gland_maps
 from labelreg_training.train import load_checkpoint
-
-
-def gland_maps(model, fixed, moving):
-    """The model's two gland maps of a pair: ((TRUS probability, its grid), (MR probability, its grid))."""
-    image = [torch.from_numpy(normalize_intensity(v.array, model.config.intensity_percentiles))[None, None]
-             for v in (fixed, moving)]
-    return model.gland_maps(image[0], fixed.grid, image[1], moving.grid)
 
 
 def main():
@@ -39,7 +32,7 @@ def main():
     pairs = {pair[0]: pair for pair in load_pairs(data_dir, names)}
     maps = {}
     for name, fixed, moving, moving_labels, fixed_labels in pairs.values():
-        maps[name] = gland_maps(model, fixed, moving)
+        maps[name] = predicted_gland_maps(model, fixed, moving)
         errors = []
         for (probability, grid), volume, labels in zip(maps[name], (fixed, moving), (fixed_labels, moving_labels)):
             centroid, found = probability_centroid_lps(probability, grid)

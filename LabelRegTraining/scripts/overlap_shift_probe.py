@@ -9,10 +9,10 @@ import argparse
 
 import numpy as np
 import torch
-from labelreg.model import normalize_intensity, probability_centroid_lps
+from labelreg.model import probability_centroid_lps
 from labelreg.overlap import overlap_translation_lps
 from labelreg_training.data import validation_cases
-from labelreg_training.evaluate import load_pairs
+from labelreg_training.evaluate import load_pairs, predicted_gland_maps
 from labelreg_training.train import load_checkpoint
 
 
@@ -28,9 +28,7 @@ def main():
     model = load_checkpoint(args.checkpoint)[0].eval()
     data_dir, names = validation_cases(args.data, 5, args.fold)
     for name, fixed, moving, _, fixed_labels in load_pairs(data_dir, names):
-        images = [torch.from_numpy(normalize_intensity(v.array, model.config.intensity_percentiles))[None, None]
-                  for v in (fixed, moving)]
-        (fixed_p, fixed_g), (moving_p, moving_g) = model.gland_maps(images[0], fixed.grid, images[1], moving.grid)
+        (fixed_p, fixed_g), (moving_p, moving_g) = predicted_gland_maps(model, fixed, moving)
         start = probability_centroid_lps(moving_p, moving_g)[0] - probability_centroid_lps(fixed_p, fixed_g)[0]
         found = overlap_translation_lps(fixed_p, fixed_g, moving_p, moving_g, start, args.radius)
         change = (found - start)[0].double().numpy()
