@@ -34,6 +34,13 @@ def predicted_gland_maps(model, fixed: Volume, moving: Volume) -> tuple:
     return model.gland_maps(image[0], fixed.grid, image[1], moving.grid)
 
 
+def gland_cut_by_field_of_view(labels: Volume) -> bool:
+    """Whether a label volume's gland (channel 0) touches a face of its volume (probes: the TRUS
+    field of view cuts 16 of the 81 pairs' glands)."""
+    gland = labels.channels[0] > 0.5
+    return any(gland.take(i, axis=axis).any() for axis in range(3) for i in (0, -1))
+
+
 def evaluate_model(model, pairs, mode: str = "deformable", device: str = "cpu", batch: int = 8, hd95: bool = True):
     """Register every pair; returns (rows, summary). Rows carry the case name and seconds."""
     was_training = model.training

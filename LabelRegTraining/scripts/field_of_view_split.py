@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 from labelreg_training.compare import load_groups
 from labelreg_training.data import validation_cases
-from labelreg_training.evaluate import load_pairs
+from labelreg_training.evaluate import gland_cut_by_field_of_view, load_pairs
 
 
 def main():
@@ -21,8 +21,7 @@ def main():
     data_dir, names = validation_cases(args.data, 1, 0)  # every case
     cut = {}
     for name, _, _, _, fixed_labels in load_pairs(data_dir, names):
-        gland = fixed_labels.channels[0] > 0.5
-        cut[name] = any(gland.take(i, axis=axis).any() for axis in range(3) for i in (0, -1))
+        cut[name] = gland_cut_by_field_of_view(fixed_labels)
     for label, blobs in load_groups(args.files).items():
         rows = [r for b in blobs for r in b["rows"]]
         for flag, where in ((True, "cut by"), (False, "inside")):

@@ -12,7 +12,7 @@ import torch
 from labelreg.model import probability_centroid_lps
 from labelreg.overlap import overlap_translation_lps
 from labelreg_training.data import validation_cases
-from labelreg_training.evaluate import load_pairs, predicted_gland_maps
+from labelreg_training.evaluate import gland_cut_by_field_of_view, load_pairs, predicted_gland_maps
 from labelreg_training.train import load_checkpoint
 
 
@@ -33,8 +33,7 @@ def main():
         found = overlap_translation_lps(fixed_p, fixed_g, moving_p, moving_g, start, args.radius)
         change = (found - start)[0].double().numpy()
         along_axes = np.abs(fixed_g.direction_matrix.T @ change)
-        gland = fixed_labels.channels[0] > 0.5
-        cut = any(gland.take(i, axis=axis).any() for axis in range(3) for i in (0, -1))
+        cut = gland_cut_by_field_of_view(fixed_labels)
         print(f"{name}: change {np.linalg.norm(change):5.1f} mm, largest along an axis {along_axes.max():5.1f} mm"
               f"{' (at the radius)' if along_axes.max() >= args.radius - 1e-3 else ''}{', TRUS gland cut' if cut else ''}")
 
