@@ -203,8 +203,11 @@ def test_smoke_training_decreases_the_loss(dataset, tmp_path, stage):
 
 
 def test_time_budget_ends_the_stage_and_anneals_the_learning_rate(dataset, tmp_path):
+    """A stage with a time budget ends on the clock, and its cosine follows the clock. The
+    clock is simulated (each reading advances it 10 ms), so a loaded machine gives the same."""
+    ticks = iter(range(10**9))
     cfg = _config(tmp_path, steps=100000, minutes=0.02, lr=1e-3, lr_final=1e-5, log_every=1)
-    train(cfg, dataset, log=lambda *_: None)
+    train(cfg, dataset, log=lambda *_: None, clock=lambda: 0.01 * next(ticks))
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert 0 < state["step"] < 100000 and state["seconds"] >= 0.02 * 60
     from labelreg_training.train import learning_rate

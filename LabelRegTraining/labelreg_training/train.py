@@ -322,9 +322,10 @@ def _distributed() -> tuple:
 
 
 def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, evaluate_fn=None,
-          stop_after: int | None = None) -> Path:
+          stop_after: int | None = None, clock=time.monotonic) -> Path:
     """Run (or continue) one stage; returns the checkpoint path. ``stop_after`` ends this run
-    early after that many steps (a time-boxed session); ``--resume`` continues it exactly."""
+    early after that many steps (a time-boxed session); ``--resume`` continues it exactly.
+    ``clock`` (seconds) times the ``minutes`` budget and the checkpoint interval."""
     rank, world = _distributed()
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -383,10 +384,10 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
                                 "model_config": model.config.to_dict(), **averaged, **extra}, path)
 
     stage_index = list(STAGES).index(cfg.stage)
-    last_save, start, running = time.monotonic(), time.monotonic(), torch.zeros(4)
+    last_save, start, running = clock(), clock(), torch.zeros(4)
 
     def seconds():  # training time of this stage, over all runs
-        return seconds_before + time.monotonic() - start
+        return seconds_before + clock() - start
 
     def fraction_done():  # of the stage, by steps or by time; the same on every rank
         done = step / max(1, cfg.steps)
@@ -437,9 +438,9 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
                     save(best_path, weights=ema, score=score)
             _append_log(log_path, row)
             running.zero_()
-        if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
+        if clock() - last_save > 60 * cfg.checkpoint_minutes:
             save()
-            last_save = time.monotonic()
+            last_save = clock()
     save()
     if progress is not None:
         progress.close()
