@@ -6,7 +6,7 @@ import torch
 from labelreg.grid import Grid
 from labelreg.phantom import centred_grid
 from labelreg.transforms import transform_points
-from labelreg.warp import lps_to_normalized, sample
+from labelreg.warp import lps_to_normalized, sample, sample_field
 
 
 def make_grid(geometry, size=(11, 9, 7), origin=(-31.5, 12.25, 80.0)):
@@ -72,6 +72,28 @@ def test_sampling_a_linear_ramp_is_exact(geometry):
     assert torch.all(sample(volume, grid, far) == 0)
     border = sample(volume, grid, far, padding_mode="border")[0, 0, 0, 0].numpy()
     np.testing.assert_allclose(border, index_points(grid, [[0, 4, 4], [4, 4, grid.size[2] - 1]]) @ a + b, atol=1e-9)
+
+
+def test_sample_field_interpolates_an_affine_field_exactly_and_holds_its_border(geometry):
+    """A displacement field on a (coarse) grid reaches other points: an affine field is exact
+    inside the lattice; outside, the nearest border value (what the network grid's field
+    gives just beyond the fixed image's extent)."""
+    grid = make_grid(geometry)
+    a = np.array([[0.1, -0.2, 0.05], [0.3, 0.0, -0.1], [-0.05, 0.15, 0.2]])
+    shift = np.array([1.0, -2.0, 0.5])
+    field = torch.as_tensor(grid.points_lps(dtype=torch.float64).numpy() @ a.T + shift)[None].repeat(2, 1, 1, 1, 1)
+    rng = np.random.default_rng(3)
+    ijk = rng.uniform(0, np.asarray(grid.size) - 1, size=(3, 4, 5, 3))
+    points = index_points(grid, ijk.reshape(-1, 3)).reshape(ijk.shape)
+    out = sample_field(field, grid, torch.as_tensor(points))
+    assert out.shape == (2, 3, 4, 5, 3)
+    np.testing.assert_allclose(out[1].numpy(), points @ a.T + shift, atol=1e-9)
+    far = index_points(grid, [[-2.0, 3, 2], [3, 3, grid.size[2] + 4.0]]).reshape(1, 1, 2, 3)
+    edge = index_points(grid, [[0, 3, 2], [3, 3, grid.size[2] - 1]])
+    np.testing.assert_allclose(sample_field(field, grid, torch.as_tensor(far))[0, 0, 0].numpy(),
+                               edge @ a.T + shift, atol=1e-9)
+    with pytest.raises(ValueError, match="field_lps"):
+        sample_field(field[..., :2], grid, torch.as_tensor(points))
 
 
 def test_lps_to_normalized_corners(geometry):

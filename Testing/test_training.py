@@ -54,6 +54,26 @@ def test_cross_entropy_weighs_small_and_large_labels_alike():
     assert miss_small.item() == pytest.approx(miss_large.item(), rel=1e-3)
 
 
+def test_gaussian_blur_is_a_gaussian_along_each_axis_with_the_edges_repeated():
+    """Against a direct reference (edge padding, then a 1-D convolution per axis in mm),
+    on an anisotropic grid; kernels wider than an axis included."""
+    x = torch.rand(2, 3, 9, 12, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for sigma_mm in (1.0, 3.0, 12.0):
+        ref = x.numpy()
+        for axis, step in zip((2, 3, 4), SPACING[::-1]):
+            sigma = sigma_mm / step
+            r = max(1, int(np.ceil(3 * sigma)))
+            k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+            k /= k.sum()
+            pad = [(0, 0)] * 5
+            pad[axis] = (r, r)
+            ref = np.apply_along_axis(lambda v, k=k: np.convolve(v, k, mode="valid"), axis, np.pad(ref, pad, mode="edge"))
+        np.testing.assert_allclose(losses.gaussian_blur(x, sigma_mm, SPACING).numpy(), ref, atol=1e-12)
+    assert torch.equal(losses.gaussian_blur(x, 0.0, SPACING), x)
+    flat = torch.full((1, 1, 6, 7, 8), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(losses.gaussian_blur(flat, 5.0, SPACING), flat)
+
+
 def _field(fn, shape=(12, 14, 16), spacing=SPACING):
     k, j, i = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij")
     x = torch.stack([i * spacing[0], j * spacing[1], k * spacing[2]], -1)
@@ -247,6 +267,55 @@ def test_forward_pair_composes_the_residual_after_the_affine():
         shaken, ddf, _, _ = model.forward_pair(fixed, grid, moving, grid, initial, "deformable", residual_lps=residual)
     assert torch.allclose(shaken, affine @ residual, atol=1e-5)
     assert ddf.shape[-1] == 3
+
+
+def test_loss_grid_at_the_network_spacing_reproduces_the_network_grid_loss(dataset, tmp_path):
+    """``loss_spacing_mm`` equal to the network grid's: the fields interpolated to the loss grid
+    are the network grid's own, so every loss term is the default's (augmentation on)."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    model = RegistrationModel(ModelConfig.from_dict(SMALL_MODEL))
+    for conv in model.local_net.outputs:  # a field of a few mm
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    augment = {**NO_AUGMENT, "rotation_deg": 6.0, "deformation_mm": 2.0}
+    base = _fixed_batch_loss(model, _config(tmp_path, stage="local", augment=augment), dataset)
+    same = _fixed_batch_loss(model, _config(tmp_path, stage="local", augment=augment,
+                                            loss_spacing_mm=SMALL_MODEL["grid_spacing_mm"]), dataset)
+    assert same == pytest.approx(base, rel=1e-5)
+
+
+def test_a_finer_loss_grid_penalises_a_small_landmark_wherever_it_lies(dataset, tmp_path):
+    """A one-voxel landmark displaced by one voxel (2.5 mm): on the (4 mm) network grid its loss
+    depends on where it lies between the grid points (the grid aliases it); on the labels' own
+    2.5 mm grid the same displacement costs the same anywhere."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    from labelreg_training.train import LossModule
+    grid, shape = dataset.fixed_grid, dataset.fixed_grid.shape_zyx
+    model = RegistrationModel(ModelConfig.from_dict({**SMALL_MODEL, "initial_alignment": "headers"}))
+    index = torch.as_tensor(grid.lps_to_index, dtype=torch.float64)
+    net_ijk = model.network_grid(grid).points_lps(dtype=torch.float64).reshape(-1, 3) @ index[:3, :3].T + index[:3, 3]
+    k, j, i = (n // 2 for n in shape)
+    near_centre = [(k + a, j + b, i + c) for a in range(-2, 3) for b in range(-2, 3) for c in range(-2, 3)]
+
+    def distance(v):  # of a fixed voxel to the nearest network grid point, in voxels
+        return (net_ijk - torch.tensor(v[::-1], dtype=torch.float64)).norm(dim=1).min().item()
+
+    on, off = min(near_centre, key=distance), max(near_centre, key=distance)
+    image = dataset.cases["case000"].fixed[None].float()
+    data = replace(dataset, moving_grid=grid)  # both on one grid: the (untrained) model maps a voxel onto itself
+
+    def displaced_loss(voxel, spacing):
+        fixed_label = torch.zeros(1, 1, *shape)
+        fixed_label[(0, 0) + voxel] = 1
+        cfg = _config(tmp_path, stage="local", loss_spacing_mm=spacing)
+        set_trainable(model, cfg.stage)
+        with torch.no_grad():
+            return LossModule(model, cfg, data)(image, image, fixed_label, torch.roll(fixed_label, 1, dims=2),
+                                                torch.ones(1, 1), torch.Generator().manual_seed(0))[1][0].item()
+
+    assert distance(on) < 0.3 and distance(off) > 0.6
+    coarse, fine = [displaced_loss(v, 0.0) for v in (on, off)], [displaced_loss(v, 2.5) for v in (on, off)]
+    assert abs(coarse[0] - coarse[1]) > 0.03  # measured 0.566 against 0.518
+    assert fine[0] > 0.2 and abs(fine[0] - fine[1]) < 1e-3  # 0.3534 both
 
 
 @pytest.mark.parametrize("stage,ema_decay", [("global", 0.0), ("local", 0.0), ("global", 0.9)])

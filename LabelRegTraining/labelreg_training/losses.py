@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 EPS = 1e-6
 
@@ -25,19 +24,27 @@ def _gaussian_kernel(sigma_vox: float, dtype, device) -> torch.Tensor:
     return k / k.sum()
 
 
+def _blur_matrix(n: int, sigma_vox: float, dtype, device) -> torch.Tensor:
+    """(n, n) matrix M with (M @ v) = the Gaussian blur of v along one axis, the edge values
+    repeated beyond the ends (replicate padding folded in)."""
+    k = _gaussian_kernel(sigma_vox, dtype, device)
+    radius = k.numel() // 2
+    rows = torch.arange(n, device=device)[:, None]
+    cols = (rows + torch.arange(-radius, radius + 1, device=device)[None]).clamp(0, n - 1)
+    return torch.zeros(n, n, dtype=dtype, device=device).index_put_((rows.expand_as(cols), cols), k.expand_as(cols),
+                                                                    accumulate=True)
+
+
 def gaussian_blur(x: torch.Tensor, sigma_mm: float, spacing) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, D, H, W) with ``sigma_mm``; ``spacing`` is the (x, y, z) mm."""
+    """Separable Gaussian blur of (B, C, D, H, W) with ``sigma_mm`` (kernel to 3 sigma, edge values
+    repeated); ``spacing`` is the (x, y, z) mm. Each axis is one matrix product, which on a CPU
+    is several times faster than a depthwise convolution for the wide kernels of fine grids."""
     if sigma_mm <= 0:
         return x
-    c = x.shape[1]
     # array axes (D, H, W) = (z, y, x): spacing reversed
     for axis, step in zip((2, 3, 4), tuple(spacing)[::-1]):
-        k = _gaussian_kernel(sigma_mm / step, x.dtype, x.device)
-        shape = [1, 1, 1, 1, 1]
-        shape[axis] = k.numel()
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (4 - axis)] = pad[2 * (4 - axis) + 1] = k.numel() // 2
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape).expand(c, *shape[1:]).contiguous(), groups=c)
+        m = _blur_matrix(x.shape[axis], sigma_mm / step, x.dtype, x.device)
+        x = torch.movedim(torch.movedim(x, axis, -1) @ m.T, -1, axis)
     return x
 
 

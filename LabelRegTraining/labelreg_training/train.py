@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from labelreg.io import AtomicFile
 from labelreg.model import ModelConfig, RegistrationModel, localiser_grid
 from labelreg.transforms import initial_transform, transform_points
-from labelreg.warp import sample
+from labelreg.warp import sample, sample_field
 from torch import nn
 
 from . import augment, losses
@@ -58,6 +58,11 @@ class TrainConfig:
     ce_weight: float = 0.0
     bending_weight: float = 5.0
     smoothing_mm: float = 3.0
+    #: spacing of the grid the label losses are computed on (0: the network grid). The labels are
+    #: sampled there through the network's field interpolated to it, so a finer loss grid sees small
+    #: landmarks without aliasing while the networks keep their grid; the bending energy stays on
+    #: the network grid.
+    loss_spacing_mm: float = 0.0
     dice_scales_mm: tuple = (0.0, 1.5, 3.0, 6.0, 12.0)
     gland_draw_weight: float = 2.0
     #: "one": the paper's sampling, one label per case and step, the gland drawn
@@ -121,8 +126,8 @@ class LossModule(nn.Module):
             flip = augment.random_mirrors(b, aug, gen)
             r_fixed = r_fixed @ augment.mirror_lps(flip, self.fixed_grid.center_lps, aug.mirror_axis_lps).to(dev)
             r_moving = r_moving @ augment.mirror_lps(flip, self.moving_grid.center_lps, aug.mirror_axis_lps).to(dev)
-        fixed_points = transform_points(r_fixed, points) + augment.smooth_displacement(
-            b, net_grid.shape_zyx, aug, gen, dev)
+        jitter = augment.smooth_displacement(b, net_grid.shape_zyx, aug, gen, dev)  # on the network grid
+        fixed_points = transform_points(r_fixed, points) + jitter
         fixed = augment.intensity(fixed, aug, gen)
         moving = augment.intensity(moving, aug, gen)
         # the frozen localisers' gland maps, when the model uses them (computed once per step)
@@ -140,16 +145,22 @@ class LossModule(nn.Module):
         affine, ddf, net_grid, _ = model.forward_pair(
             fixed, self.fixed_grid, moving, self.moving_grid, initial, STAGES[cfg.stage],
             fixed_points_lps=fixed_points, train_global=cfg.stage != "local", residual_lps=residual, gland_maps=maps)
-        warped = sample(moving_label, self.moving_grid, transform_points(affine, points, ddf)).clamp(0, 1)
-        target = sample(fixed_label, self.fixed_grid, fixed_points).clamp(0, 1)
-        spacing = net_grid.spacing
+        loss_grid, loss_points, loss_fixed_points, loss_ddf = net_grid, points, fixed_points, ddf
+        if cfg.loss_spacing_mm:  # the same mappings, interpolated to the finer loss grid
+            loss_grid = self.fixed_grid.resampled(cfg.loss_spacing_mm, model.grid_multiple)  # built as net_grid is
+            loss_points = loss_grid.points_lps(device=dev)
+            loss_fixed_points = transform_points(r_fixed, loss_points) + sample_field(jitter, net_grid, loss_points)
+            loss_ddf = None if ddf is None else sample_field(ddf, net_grid, loss_points)
+        warped = sample(moving_label, self.moving_grid, transform_points(affine, loss_points, loss_ddf)).clamp(0, 1)
+        target = sample(fixed_label, self.fixed_grid, loss_fixed_points).clamp(0, 1)
+        spacing = loss_grid.spacing
         # each label map its own sample of the losses: (B, C, ...) -> (B * C, 1, ...)
         warped, target = warped.flatten(0, 1).unsqueeze(1), target.flatten(0, 1).unsqueeze(1)
         weights = label_weights.flatten()
         dice = losses.multiscale_dice(warped, target, spacing, cfg.dice_scales_mm, weights)
         ce = (losses.weighted_cross_entropy(warped, losses.smooth_label(target, cfg.smoothing_mm, spacing), weights)
               if cfg.ce_weight else torch.zeros((), device=dev))
-        bending = losses.bending_energy(ddf, spacing) if ddf is not None else torch.zeros((), device=dev)
+        bending = losses.bending_energy(ddf, net_grid.spacing) if ddf is not None else torch.zeros((), device=dev)
         loss = cfg.dice_weight * dice + cfg.ce_weight * ce + cfg.bending_weight * bending
         return loss, torch.stack([dice.detach(), ce.detach(), bending.detach()])
 

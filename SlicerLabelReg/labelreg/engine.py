@@ -19,7 +19,7 @@ from .model import ALIGNMENTS, MODES, RegistrationModel, normalize_intensity
 from .model_io import load_model
 from .transforms import transform_points
 from .volume import Volume
-from .warp import sample
+from .warp import sample, sample_field
 
 DEVICES = ("auto", "cpu", "cuda")
 #: refuse a fixed image whose network grid would exceed this many voxels (wrong units, huge FOV)
@@ -188,10 +188,8 @@ class RegistrationEngine:
         step(0.6, "composing the transform", "network")
 
         points = fixed_grid.points_lps(device=dev)
-        ddf_full = None
-        if ddf_net is not None:  # local field on the network grid -> fixed grid
-            ddf_full = sample(ddf_net.permute(0, 4, 1, 2, 3), net_grid, points, padding_mode="border")
-            ddf_full = ddf_full.permute(0, 2, 3, 4, 1)
+        # local field on the network grid -> fixed grid
+        ddf_full = None if ddf_net is None else sample_field(ddf_net, net_grid, points)
         moving_points = transform_points(affine, points, ddf_full)
         step(0.75, "warping", "compose")
 

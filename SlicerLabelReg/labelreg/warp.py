@@ -58,3 +58,12 @@ def sample(
         raise ValueError(f"points_lps must be (B, D, H, W, 3), got {tuple(points_lps.shape)}")
     coords = lps_to_normalized(points_lps.to(volume.dtype), source)
     return F.grid_sample(volume, coords, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def sample_field(field_lps: torch.Tensor, source: Grid, points_lps: torch.Tensor) -> torch.Tensor:
+    """Sample a vector field (B, D, H, W, 3) living on ``source`` at ``points_lps`` (trilinear,
+    the border value outside): (B, D', H', W', 3). How a displacement field on the network grid
+    reaches a finer grid (the fixed image at inference, the loss grid in training)."""
+    if field_lps.dim() != 5 or field_lps.shape[-1] != 3:
+        raise ValueError(f"field_lps must be (B, D, H, W, 3), got {tuple(field_lps.shape)}")
+    return sample(field_lps.permute(0, 4, 1, 2, 3), source, points_lps, padding_mode="border").permute(0, 2, 3, 4, 1)
