@@ -281,6 +281,8 @@ def test_loss_grid_at_the_network_spacing_reproduces_the_network_grid_loss(datas
     same = _fixed_batch_loss(model, _config(tmp_path, stage="local", augment=augment,
                                             loss_spacing_mm=SMALL_MODEL["grid_spacing_mm"]), dataset)
     assert same == pytest.approx(base, rel=1e-5)
+    with pytest.raises(ValueError, match="loss_spacing_mm"):
+        _config(tmp_path, loss_spacing_mm=-1.5)
 
 
 def test_a_finer_loss_grid_penalises_a_small_landmark_wherever_it_lies(dataset, tmp_path):

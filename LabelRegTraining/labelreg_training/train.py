@@ -97,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {tuple(STAGES)}, got {self.stage!r}")
         if self.label_draw not in LABEL_DRAWS:
             raise ValueError(f"label_draw must be one of {LABEL_DRAWS}, got {self.label_draw!r}")
+        if self.loss_spacing_mm < 0:
+            raise ValueError(f"loss_spacing_mm must be positive (or 0: the network grid), got {self.loss_spacing_mm}")
         self.dice_scales_mm = tuple(self.dice_scales_mm)
 
 
