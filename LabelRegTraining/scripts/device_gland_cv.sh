@@ -13,8 +13,9 @@
 # --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json, all_2mm =
 # --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid), overlap = the
 # bundled recipe since stop 17 (one label, configs/gland_overlap.json: the gland translation by best
-# overlap), overlap_all = overlap with --label-draw all. The localisers are evaluated from their
-# centroids (eval.json) and by best overlap (eval_overlap.json).
+# overlap), overlap_all = overlap with --label-draw all, overlap_1p5 = overlap with the local net on
+# the labels' 1.5 mm grid (configs/gland_overlap_1p5mm.json; about 8x the voxels). The localisers
+# are evaluated from their centroids (eval.json) and by best overlap (eval_overlap.json).
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
 # training subjects the local stage learns from (--train-fraction, learning curves; runs named
 # local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it);
@@ -53,6 +54,8 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
             overlap) flags=(--config "$here/../configs/gland_overlap.json"); label="overlap alignment, one label per step" ;;
             overlap_all) flags=(--config "$here/../configs/gland_overlap.json" --label-draw all)
                 label="overlap alignment, all labels" ;;
+            overlap_1p5) flags=(--config "$here/../configs/gland_overlap_1p5mm.json")
+                label="overlap alignment, one label per step, local net on a 1.5 mm grid" ;;
             *) echo "unknown variant $variant"; return 1 ;;
         esac
         for fraction in ${FRACTIONS:-1}; do
