@@ -4,6 +4,7 @@ import json
 import os
 import socket
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -809,3 +810,24 @@ def test_mirror_keeps_a_pair_a_pair(tmp_path, monkeypatch):
     monkeypatch.setattr(augment, "mirror_lps", fixed_side_only)
     broken = _fixed_batch_loss(model, _config(tmp_path, augment={**NO_AUGMENT, "mirror": 1.0}), data)
     assert broken > plain + 0.02
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "LabelRegTraining" / "configs").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_builds_its_model(path):
+    """The configs the docs' commands use are valid training configs, and their model builds."""
+    from labelreg.model import ModelConfig, RegistrationModel
+    cfg = TrainConfig(**json.loads(path.read_text()))
+    assert RegistrationModel(ModelConfig.from_dict(cfg.model)) is not None
+
+
+def test_a_misspelt_model_or_augment_key_is_refused():
+    """A typo in a config's model (which ModelConfig.from_dict would drop) or augment section is
+    an error that names it, before any data is loaded."""
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['grid_spacing'\].*grid_spacing_mm"):
+        TrainConfig(model={"grid_spacing": 2.0})
+    with pytest.raises(ValueError, match=r"unknown augment setting\(s\) \['rotation'\].*rotation_deg"):
+        TrainConfig(augment={"rotation": 5.0})
+    with pytest.raises(ValueError, match="needs a localiser"):  # values too, with the model's own message
+        TrainConfig(model={"initial_alignment": "gland"})
+    assert TrainConfig(model={"grid_spacing_mm": 2.0}).model == {"grid_spacing_mm": 2.0}  # partial sections stay

@@ -100,6 +100,15 @@ class TrainConfig:
         if self.loss_spacing_mm < 0:
             raise ValueError(f"loss_spacing_mm must be positive (or 0: the network grid), got {self.loss_spacing_mm}")
         self.dice_scales_mm = tuple(self.dice_scales_mm)
+        # a misspelt key would otherwise be dropped (model) or fail only at the first step (augment)
+        for name, known in (("model", ModelConfig.__dataclass_fields__),
+                            ("augment", augment.AugmentConfig.__dataclass_fields__)):
+            unknown = sorted(set(getattr(self, name)) - set(known))
+            if unknown:
+                raise ValueError(f"unknown {name} setting(s) {unknown} in the training config; "
+                                 f"the known ones are {sorted(known)}")
+        ModelConfig.from_dict(self.model)  # checks the values now, with the model's own messages
+        augment.AugmentConfig(**self.augment)
 
 
 class LossModule(nn.Module):
