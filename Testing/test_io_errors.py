@@ -1,11 +1,14 @@
 """Every bad input to the command line ends as one clear line naming the file, and a non-zero
 exit code, never a traceback."""
+import gzip
 import json
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from labelreg import cli
+from labelreg import cli, io
 from labelreg.model import ModelConfig, RegistrationModel
 from labelreg.model_io import save_model, sidecar_path
 from labelreg.phantom import make_pair, write_pair
@@ -100,7 +103,7 @@ def test_empty_label_channel(good, tmp_path, capsys):
     assert_one_line(*register(good, tmp_path, capsys, **{"moving-labels": empty}), empty, "[2] are empty")
 
 
-@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])  # ITK's NIfTI writer turns NaN into 0
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])  # NaN survives ITK here; NIfTI: see below
 def test_nan_image(good, tmp_path, capsys, suffix):
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(good["moving_images"]))).astype(np.float32)
     array[3, 4, 5] = np.nan
@@ -186,3 +189,85 @@ def test_evaluate_grid_mismatch(good, tmp_path, capsys):
     code = cli.main(["evaluate", "--warped-labels", str(good["moving_labels"]), "--fixed-labels",
                      str(good["fixed_labels"])])
     assert_one_line(code, capsys.readouterr()[1], good["moving_labels"], "grid")
+
+
+# ITK's NIfTI reader turns NaN and inf into 0 (an all-NaN file looked "constant 0.0"):
+# labelreg.io reads the raw voxels of floating-point .nii/.nii.gz files itself
+def moving_array(good, dtype=np.float32):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(good["moving_images"]))).astype(dtype)
+
+
+def nifti1_bytes(array: np.ndarray, endian: str) -> bytes:
+    """A minimal single-file NIfTI-1 (float32, 1.5 mm voxels, identity qform) in either byte order."""
+    head = bytearray(352)  # 348-byte header + 4-byte extension flag; the voxels start at 352
+    struct.pack_into(endian + "i", head, 0, 348)
+    struct.pack_into(endian + "8h", head, 40, 3, *array.shape[::-1], 1, 1, 1, 1)
+    struct.pack_into(endian + "2h", head, 70, 16, 32)  # datatype FLOAT32, bitpix
+    struct.pack_into(endian + "8f", head, 76, 1, 1.5, 1.5, 1.5, 1, 1, 1, 1)  # pixdim
+    struct.pack_into(endian + "2f", head, 108, 352, 1)  # vox_offset, scl_slope
+    struct.pack_into(endian + "h", head, 252, 1)  # qform_code
+    head[344:348] = b"n+1\0"
+    return bytes(head) + array.astype(endian + "f4").tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nan_voxels_in_nifti(good, tmp_path, capsys, suffix):
+    array = moving_array(good)
+    array[3, 4, 5:9] = np.nan
+    bad = write(tmp_path / f"nan{suffix}", array)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(bad)))[3, 4, 5] == 0  # what ITK alone would register
+    assert_one_line(*register(good, tmp_path, capsys, moving=bad, **{"moving-labels": None}), bad, "NaN", "4 of")
+
+
+def test_all_nan_nifti_is_not_called_constant(good, tmp_path, capsys):
+    bad = write(tmp_path / "all_nan.nii.gz", np.full((20, 20, 20), np.nan, np.float32))
+    code, err = register(good, tmp_path, capsys, fixed=bad)
+    assert_one_line(code, err, bad, "NaN", "8000 of 8000")
+    assert "constant" not in err
+
+
+def test_infinite_voxel_in_float64_nifti(good, tmp_path, capsys):
+    array = moving_array(good, np.float64)
+    array[-1, -1, -1] = -np.inf
+    bad = write(tmp_path / "inf.nii.gz", array)
+    assert_one_line(*register(good, tmp_path, capsys, moving=bad, **{"moving-labels": None}), bad, "NaN or infinite")
+
+
+def test_nan_in_4d_labels(good, tmp_path, capsys):
+    labels = sitk.ReadImage(str(good["moving_labels"]))
+    array = sitk.GetArrayFromImage(labels).astype(np.float64)  # (C, z, y, x)
+    array[1, 2, 3, 4] = np.nan
+    image = sitk.GetImageFromArray(array, isVector=False)
+    image.CopyInformation(labels)
+    bad = tmp_path / "nan_labels.nii.gz"
+    sitk.WriteImage(image, str(bad))
+    assert_one_line(*register(good, tmp_path, capsys, **{"moving-labels": bad}), bad, "NaN")
+
+
+def test_big_endian_nifti(good, tmp_path, capsys):
+    array = np.random.default_rng(1).random((12, 14, 10)).astype(np.float32)
+    clean = tmp_path / "big_endian.nii"
+    clean.write_bytes(nifti1_bytes(array, ">"))
+    volume = io.read_image(clean)  # the crafted header is a real NIfTI file: same voxels, same spacing
+    np.testing.assert_array_equal(volume.array, array)
+    assert volume.grid.spacing == (1.5, 1.5, 1.5)
+    array[5, 6, 7] = np.nan
+    bad = tmp_path / "big_endian_nan.nii.gz"
+    bad.write_bytes(gzip.compress(nifti1_bytes(array, ">")))
+    assert_one_line(*register(good, tmp_path, capsys, fixed=bad), bad, "NaN", "1 of")
+
+
+def test_integer_nifti_passes_without_reading_the_voxels_twice(good, tmp_path, capsys, monkeypatch):
+    array = moving_array(good)
+    as_uint8 = np.round(255 * (array - array.min()) / (array.max() - array.min())).astype(np.uint8)
+    image = sitk.GetImageFromArray(as_uint8)
+    image.CopyInformation(sitk.ReadImage(str(good["moving_images"])))
+    moving = tmp_path / "uint8.nii.gz"
+    sitk.WriteImage(image, str(moving))
+
+    scanned = []
+    real_scan = io._check_nifti_finite
+    monkeypatch.setattr(io, "_check_nifti_finite", lambda path, *a: scanned.append(path) or real_scan(path, *a))
+    code, err = register(good, tmp_path, capsys, moving=moving)
+    assert code == 0, err
+    assert sorted(scanned) == sorted(Path(good[key]) for key in ("fixed_images", "moving_labels"))  # float32 files

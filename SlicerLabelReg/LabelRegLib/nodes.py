@@ -14,12 +14,15 @@ the MR volume) therefore appear aligned with the TRUS.
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy as np
 import slicer
 import vtk
 from labelreg.errors import LabelRegError
 from labelreg.grid import Grid
-from labelreg.io import check_image_array
+from labelreg.io import check_image_array, check_nifti_file
 from labelreg.transforms import matrix_lps_to_ras, vectors_lps_to_ras, vectors_ras_to_lps
 from labelreg.volume import Volume
 from vtk.util import numpy_support
@@ -84,23 +87,54 @@ def arrayAndGridFromImage(image, name: str):
 
 
 # ------------------------------------------------------------ node -> library
+@functools.lru_cache(maxsize=32)
+def _sourceFileProblem(path: str, mtime_ns: int, size: int) -> str | None:
+    """labelreg.io's NIfTI checks of a file, remembered while the file is unchanged (live updates
+    re-read the MR node every frame)."""
+    try:
+        check_nifti_file(path)
+    except LabelRegError as exc:
+        return str(exc)
+    return None
+
+
+def _checkSourceFile(node, name: str) -> None:
+    """Slicer reads NIfTI with ITK, which zero-fills a truncated file and reads NaN as 0: check
+    the file a volume node was loaded from, while its voxels are still the file's."""
+    storage = node.GetStorageNode()
+    path = storage.GetFileName() if storage is not None and not node.GetModifiedSinceRead() else None
+    if path and os.path.isfile(path):
+        stat = os.stat(path)
+        problem = _sourceFileProblem(path, stat.st_mtime_ns, stat.st_size)
+        if problem:
+            raise LabelRegError(f"{name}: loaded from a bad file: {problem}")
+
+
 def volumeFromNode(node, role: str = "image") -> Volume:
     """A scalar volume node (in world coordinates) as a float32 :class:`Volume`.
 
-    Raises LabelRegError for a missing, empty, non-scalar, non-3-D, constant or non-finite image.
+    Raises LabelRegError for a missing, empty or incomplete (voxel values not matching its extent),
+    non-scalar, non-3-D, constant or non-finite image, and for one loaded from a truncated NIfTI
+    file or a NIfTI file with NaN voxels (that Slicer read as zeros).
     """
     if node is None:
         raise LabelRegError(f"Select the {role} volume.")
     name = node.GetName()
     image = node.GetImageData() if node.IsA("vtkMRMLScalarVolumeNode") else None
-    if image is None or image.GetNumberOfPoints() == 0:
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if image is None or image.GetNumberOfPoints() == 0 or scalars is None:
         raise LabelRegError(f"{name}: the {role} volume has no image data; load or stream an image first.")
+    if scalars.GetNumberOfTuples() != image.GetNumberOfPoints():
+        raise LabelRegError(f"{name}: the {role} volume holds {scalars.GetNumberOfTuples()} voxel values for its "
+                            f"{'x'.join(map(str, image.GetDimensions()))} extent ({image.GetNumberOfPoints()} voxels); "
+                            "the image is incomplete: load it again.")
     if image.GetNumberOfScalarComponents() != 1:
         raise LabelRegError(f"{name}: the {role} must be a scalar (grey-level) volume, not a vector or RGB image.")
     dims = image.GetDimensions()
     if min(dims) < 2:
         raise LabelRegError(f"{name}: the {role} must be a 3-D volume; "
                             f"this one is {dims[0]}x{dims[1]}x{dims[2]} voxels.")
+    _checkSourceFile(node, f"{name} ({role})")
     array, grid = arrayAndGridFromImage(_worldImage(node), name)
     array = np.array(array, dtype=np.float32)  # a copy: the worker thread never touches VTK memory
     check_image_array(array, f"{name} ({role})")

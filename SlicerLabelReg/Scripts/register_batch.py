@@ -2,11 +2,12 @@
 
     Slicer --no-main-window --python-script register_batch.py --fixed TRUS.nii.gz --moving MR.nii.gz
         [--moving-seg MR.seg.nrrd | MR-labels.nii.gz] [--fixed-seg TRUS-labels.nii.gz]
-        --output-dir OUT [--mode deformable|affine] [--device auto|cpu|cuda] [--model MODEL.pt]
+        --output-dir OUT [--overwrite] [--mode deformable|affine] [--device auto|cpu|cuda] [--model MODEL.pt]
 
 Writes to OUT: ``<MR>-registered.seg.nrrd`` (the MR segmentation on the TRUS grid),
 ``<MR>-affine.h5`` and, in deformable mode, ``<MR>-deformable.h5`` (fixed -> moving, ITK
 convention, as Slicer saves transforms), ``<MR>-resampled.nrrd`` (the MR on the TRUS grid).
+OUT must be empty, or hold only earlier LabelReg outputs, which ``--overwrite`` replaces.
 Segmentations are ``.seg.nrrd`` files or label volumes (3-D label maps, or 4-D one channel
 per label; channel 0 the gland). Prints the timing (and Dice/landmark distances with
 ``--fixed-seg``); on failure prints the reason and exits with status 1 (2: bad arguments).
@@ -26,6 +27,7 @@ def parseArguments(argv):
     parser.add_argument("--moving-seg", help="MR segmentation (.seg.nrrd) or label volume")
     parser.add_argument("--fixed-seg", help="TRUS segmentation, to report Dice and landmark distances")
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier LabelReg outputs in --output-dir")
     parser.add_argument("--mode", choices=["deformable", "affine"], default="deformable")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--model", default="", help="model file (.pt with its .json); default: the bundled model")
@@ -75,14 +77,15 @@ def main(argv) -> int:
         if MODULE_DIR not in sys.path:
             sys.path.insert(0, MODULE_DIR)
         import LabelReg
+        from labelreg.outputs import prepare_output_dir
 
         fixed, moving = loadVolume(args.fixed), loadVolume(args.moving)
         movingSeg = loadSegmentation(args.moving_seg, moving) if args.moving_seg else None
         fixedSeg = loadSegmentation(args.fixed_seg, fixed) if args.fixed_seg else None
+        prepare_output_dir(args.output_dir, args.overwrite)  # before the (slow) registration
         outputs = LabelReg.LabelRegLogic().register(
             fixed, moving, movingSeg, mode=args.mode, device=args.device, modelPath=args.model,
             fixedSegmentationNode=fixedSeg, hardenSegmentation=True)
-        os.makedirs(args.output_dir, exist_ok=True)
         stem = os.path.join(args.output_dir, os.path.basename(args.moving).split(".")[0])
         save(outputs.affineTransformNode, f"{stem}-affine.h5")
         if args.mode == "deformable":

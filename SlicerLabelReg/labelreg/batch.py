@@ -19,6 +19,7 @@ from .errors import LabelRegError
 from .grid import Grid
 from .metrics import evaluate_pair, format_metrics, summarize
 from .model import is_gland_alignment
+from .outputs import prepare_output_dir
 from .qc import write_qc_png
 from .transforms import initial_transform, transform_points
 from .volume import Volume
@@ -200,8 +201,9 @@ def _load_pair(folders: dict, name: str, paths: dict):
 
 
 def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: str | None = None,
-              save_ddf: bool = False) -> int:
-    """Register every pair of a public-layout folder; returns the exit code (1 if any pair failed)."""
+              save_ddf: bool = False, overwrite: bool = False) -> int:
+    """Register every pair of a public-layout folder; returns the exit code (1 if any pair failed).
+    ``out_dir`` must be empty, or hold only an earlier run's outputs with ``overwrite``."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     folders = {n: data_dir / n for n in ("fixed_images", "moving_images", "moving_labels", "fixed_labels")
                if (data_dir / n).is_dir()}
@@ -213,6 +215,7 @@ def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: st
     names = sorted(files["fixed_images"])
     if not names:
         raise LabelRegError(f"{folders['fixed_images']}: no image files")
+    prepare_output_dir(out_dir, overwrite)
     failures, rows, started = [], [], time.perf_counter()
     progress = Progress(len(names), "registering")
 

@@ -69,6 +69,7 @@ def _print_outcome(outcome: dict, mode: str) -> None:
 def cmd_register(args) -> int:
     from . import io as lio
     from .batch import register_to_folder
+    from .outputs import prepare_output_dir
 
     if args.fixed_labels and not args.moving_labels:
         raise LabelRegError("--fixed-labels (for metrics) needs --moving-labels too")
@@ -78,6 +79,7 @@ def cmd_register(args) -> int:
     labels = lio.read_labels(args.moving_labels, moving.grid, "moving labels") if args.moving_labels else None
     fixed_labels = lio.read_labels(args.fixed_labels, fixed.grid, "fixed labels") if args.fixed_labels else None
     read_s = time.perf_counter() - start
+    prepare_output_dir(args.output_dir, args.overwrite)
     engine = _engine(args.model, args.device, args.threads)
     outcome = register_to_folder(engine, fixed, moving, labels, args.output_dir, args.mode,
                                  args.initial_alignment, fixed_labels)
@@ -93,7 +95,8 @@ def cmd_batch(args) -> int:
     from .batch import run_batch
 
     engine = _engine(args.model, args.device, args.threads)
-    return run_batch(engine, args.data_dir, args.out_dir, args.mode, args.initial_alignment, args.save_ddf)
+    return run_batch(engine, args.data_dir, args.out_dir, args.mode, args.initial_alignment, args.save_ddf,
+                     args.overwrite)
 
 
 def cmd_evaluate(args) -> int:
@@ -136,8 +139,9 @@ def cmd_demo(args) -> int:
     from .batch import register_to_folder
     from .model import RegistrationModel
     from .model_io import BUNDLED_MODEL
+    from .outputs import prepare_output_dir
 
-    out_dir = Path(args.output_dir)
+    out_dir = prepare_output_dir(args.output_dir, overwrite=True)  # a rerun replaces the demo's own outputs
     fixed, moving, labels, fixed_labels, description = _demo_inputs(args.data, out_dir)
     print(f"labelreg demo on {description}")
     if args.model or BUNDLED_MODEL.exists():
@@ -190,13 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving", required=True, help="moving (MR) image")
     p.add_argument("--moving-labels", help="moving labels (3-D label map or 4-D channels) to warp")
     p.add_argument("--fixed-labels", help="fixed labels: print metrics before and after registration")
-    p.add_argument("--output-dir", required=True, help="folder for the outputs (created if needed)")
+    p.add_argument("--output-dir", required=True, help="folder for the outputs (created if needed; must be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --output-dir")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("batch", parents=[common, engine], help="register every pair of a data folder")
     p.add_argument("data_dir", help="folder with fixed_images/, moving_images/ [, moving_labels/, fixed_labels/]")
     p.add_argument("out_dir", help="output folder (warped_labels/, ddf/, metrics.csv)")
     p.add_argument("--save-ddf", action="store_true", help="also write the displacement fields to OUT_DIR/ddf/")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in OUT_DIR")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics of warped labels against fixed labels")
@@ -207,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", parents=[common], help="a few-second end-to-end example, no data needed")
-    p.add_argument("--output-dir", default="labelreg-demo-output")
+    p.add_argument("--output-dir", default="labelreg-demo-output",
+                   help="output folder; a rerun replaces the demo's earlier outputs there")
     p.add_argument("--data", help="a data folder in the public layout (uses its first pair)")
     p.add_argument("--model", help="model file; default: the bundled model, or an untrained one if none")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -8,6 +8,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,59 +39,108 @@ def _read_header(path: Path):
         raise LabelRegError(
             f"{path}: size {size} is too large (over {MAX_VOXELS} voxels); crop or downsample it first"
         )
-    _check_nifti_complete(path)
+    check_nifti_file(path)
     return reader
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK's NIfTI reader fills a truncated single-file .nii/.nii.gz with zeros without an
-    error: compare the data size in the header with the (uncompressed) file size."""
+class _NiftiLayout(NamedTuple):
+    """Where a single-file NIfTI-1/2 keeps its voxels, from its header."""
+
+    offset: int  # vox_offset, bytes
+    voxels: int  # product of the dimensions
+    bitpix: int
+    datatype: int  # NIFTI_TYPE_* code
+    endian: str  # "<" or ">"
+
+    @property
+    def size(self) -> int:
+        """vox_offset + data bytes: the smallest complete (uncompressed) file."""
+        return self.offset + self.voxels * self.bitpix // 8
+
+
+#: floating NIFTI_TYPE_* codes -> numpy type (ITK reads their NaN and inf as 0)
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8", 32: "c8", 1792: "c16"}
+_CHUNK_BYTES = 1 << 22
+
+
+def _nifti_layout(head: bytes) -> _NiftiLayout | None:
+    """The data layout of a single-file NIfTI-1/2 header, or None if not applicable."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+            dims = struct.unpack(endian + "8q", head[16:80])
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1:dims[0] + 1]) < 1:
+            return None
+        voxels = int(np.prod(dims[1:dims[0] + 1], dtype=np.int64))
+        return _NiftiLayout(int(offset), voxels, int(bitpix), int(datatype), endian)
+    return None
+
+
+def check_nifti_file(path) -> None:
+    """The checks ITK's NIfTI reader (also Slicer's) skips: a truncated single-file .nii/.nii.gz
+    is filled with zeros, and NaN or infinite voxels of a floating-point file are read as 0.
+    Other files are left alone; integer NIfTI files cost one header read (plus the gzip trailer)."""
+    path = Path(path)
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
     opener = gzip.open if name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            head = f.read(540)
-        expected = _nifti_expected_size(head)
-        if expected is None:
+            layout = _nifti_layout(f.read(540))
+        if layout is None:
             return
-        if name.endswith(".gz"):  # the gzip trailer holds the size mod 2**32; count only if it disagrees
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                if struct.unpack("<I", f.read(4))[0] == expected % 2**32:
-                    return
-            actual = 0
-            with gzip.open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    actual += len(chunk)
-        else:
-            actual = path.stat().st_size
+        _check_nifti_complete(path, layout)
+        if layout.datatype in _NIFTI_FLOAT_TYPES:
+            _check_nifti_finite(path, layout, opener)
     except (OSError, EOFError, zlib.error, struct.error) as exc:
         raise LabelRegError(f"{path}: the file is damaged or truncated ({exc})") from None
-    if actual < expected:
+
+
+def _check_nifti_complete(path: Path, layout: _NiftiLayout) -> None:
+    """Compare the data size in the header with the (uncompressed) file size."""
+    if path.name.lower().endswith(".gz"):  # the gzip trailer holds the size mod 2**32; count only if it disagrees
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", f.read(4))[0] == layout.size % 2**32:
+                return
+        actual = 0
+        with gzip.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+                actual += len(chunk)
+    else:
+        actual = path.stat().st_size
+    if actual < layout.size:
         raise LabelRegError(
-            f"{path}: the file is truncated ({actual} of {expected} bytes); copy or export it again"
+            f"{path}: the file is truncated ({actual} of {layout.size} bytes); copy or export it again"
         )
 
 
-def _nifti_expected_size(head: bytes):
-    """vox_offset + data bytes from a single-file NIfTI-1/2 header, or None if not applicable."""
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
-            dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-        elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
-            dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            offset = struct.unpack(endian + "q", head[168:176])[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(dims[1:dims[0] + 1]) < 1:
-            return None
-        return int(offset) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
-    return None
+def _check_nifti_finite(path: Path, layout: _NiftiLayout, opener) -> None:
+    """Stream the raw voxels (a few MB at a time) and refuse NaN or infinite values."""
+    dtype = np.dtype(layout.endian + _NIFTI_FLOAT_TYPES[layout.datatype])
+    remaining, bad = layout.voxels * dtype.itemsize, 0
+    with opener(path, "rb") as f:
+        f.seek(layout.offset)
+        while remaining > 0:
+            chunk = f.read(min(remaining, _CHUNK_BYTES))  # a multiple of every item size
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            values = np.frombuffer(chunk, dtype, len(chunk) // dtype.itemsize)
+            bad += values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise LabelRegError(
+            f"{path}: contains NaN or infinite values ({bad} of {layout.voxels} voxels, which ITK would read "
+            "as 0); fix or mask them first"
+        )
 
 
 def _read_pixels(reader, path: Path) -> sitk.Image:
@@ -172,26 +222,47 @@ def read_labels(path, reference: Grid, role: str = "labels") -> Volume:
 # ------------------------------------------------------------------ writing
 class AtomicFile:
     """``with AtomicFile(p) as tmp: write(tmp)`` writes to a temporary file beside ``p`` with
-    the same suffix, then renames it over ``p``; on error the temporary file is removed."""
+    the same suffix, then renames it over ``p``; on error the temporary file is removed.
+    A failure to write (OSError, or SimpleITK's RuntimeError) becomes a :class:`LabelRegError`
+    naming ``p``, never the temporary file."""
 
     def __init__(self, path):
         self.path = Path(path)
+        self.tmp = None
+
+    def _error(self, exc) -> LabelRegError:
+        lines = str(exc).strip().splitlines()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (lines or [type(exc).__name__])[-1]
+        reason = reason.replace(self.tmp, str(self.path)) if self.tmp else reason
+        return LabelRegError(f"{self.path}: cannot be written ({reason}); check the folder's permissions and free space")
 
     def __enter__(self) -> str:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(self.path.suffixes) or ".tmp"
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name.split('.')[0]}-", suffix=suffix, dir=self.path.parent)
-        os.close(fd)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            suffix = "".join(self.path.suffixes) or ".tmp"
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name.split('.')[0]}-", suffix=suffix,
+                                            dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise self._error(exc) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
+            try:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+                os.replace(self.tmp, self.path)
+                return False
+            except OSError as error:
+                exc = error
+        try:
             os.remove(self.tmp)
+        except OSError:
+            pass  # already gone, or the folder became unwritable: the error below says why
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise self._error(exc) from exc
         return False
 
 
