@@ -7,7 +7,7 @@ from labelreg.engine import RegistrationEngine
 from labelreg.errors import LabelRegError
 from labelreg.grid import Grid
 from labelreg.metrics import centroid_lps
-from labelreg.model import ModelConfig, RegistrationModel, gland_centroid_lps
+from labelreg.model import ModelConfig, RegistrationModel, gland_probability, probability_centroid_lps
 from labelreg.model_io import load_model, save_model
 from labelreg.phantom import rotation_matrix
 from labelreg.volume import Volume
@@ -44,7 +44,9 @@ def gland_model(seed=0):
 def test_gland_centroid_is_found_in_lps_on_an_oblique_anisotropic_grid():
     centre = FIXED.center_lps + [4.0, -3.0, 2.0]
     image = blob(FIXED, centre)
-    found_centroid, found = gland_centroid_lps(Threshold(), torch.from_numpy(image)[None, None], FIXED, 3.0)
+    model = gland_model()
+    found_centroid, found = probability_centroid_lps(*gland_probability(
+        Threshold(), torch.from_numpy(image)[None, None], FIXED, model.localiser_grid(FIXED, "fixed")))
     assert found.item()
     assert np.linalg.norm(found_centroid[0].numpy() - centroid_lps(image, FIXED)) < 1.0  # one 3 mm voxel, well inside
 
@@ -128,7 +130,8 @@ def test_localisers_can_work_on_their_own_grid_spacing():
                                               localiser_spacing_mm=localiser_mm))
         model.localisers = nn.ModuleDict({"fixed": Recording(), "moving": Recording()})
         translations.append(model.initial_lps(fixed, FIXED, moving, MOVING)[0, :3, 3])
-    assert seen[0:2] == seen[2:4] == [FIXED.resampled(3.0, 1).shape_zyx, MOVING.resampled(3.0, 1).shape_zyx]
+    frame = model.config.frame  # the localisers see each image in the model's frame
+    assert seen[0:2] == seen[2:4] == [FIXED.resampled(3.0, 1, frame).shape_zyx, MOVING.resampled(3.0, 1, frame).shape_zyx]
     assert torch.equal(translations[0], translations[1])
     assert ModelConfig.from_dict({"grid_spacing_mm": 2.5}).localiser_spacing == 2.5  # old model files
 

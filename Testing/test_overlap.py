@@ -6,7 +6,7 @@ import pytest
 import torch
 from labelreg.engine import RegistrationEngine
 from labelreg.grid import Grid
-from labelreg.model import ModelConfig, RegistrationModel, probability_centroid_lps
+from labelreg.model import RAS_AXES_LPS, ModelConfig, RegistrationModel, probability_centroid_lps
 from labelreg.overlap import overlap_translation_lps
 from labelreg.phantom import rotation_matrix
 from labelreg.volume import Volume
@@ -81,10 +81,13 @@ def test_overlap_translation_is_not_pulled_by_a_cut_gland_or_a_leak(fault):
 
 def test_the_gland_alignment_of_an_overlap_model_keeps_the_fixed_centroid_and_lands_the_cut_gland():
     """Through the engine, on images: the "overlap" model starts where the glands overlap
-    (fixed -> moving LPS), the "centroid" model where the centroids of the cut gland put it."""
-    fixed_centre = index_point(FIXED, [19.5, 14.5, 0.0])
+    (fixed -> moving LPS), the "centroid" model where the centroids of the cut gland put it.
+    The TRUS is stored along the model's frame axes, so the localiser's grid ends where the TRUS
+    does (an oblique TRUS is seen on the box around it, where the search counts the corners too)."""
+    fixed_grid = Grid(FIXED.size, FIXED.spacing, FIXED.origin, RAS_AXES_LPS)
+    fixed_centre = index_point(fixed_grid, [19.5, 14.5, 0.0])
     shift = MOVING.center_lps - fixed_centre + [2.0, -1.0, 3.0]
-    fixed = Volume(gland(FIXED, fixed_centre), FIXED, "TRUS")
+    fixed = Volume(gland(fixed_grid, fixed_centre), fixed_grid, "TRUS")
     moving = Volume(gland(MOVING, fixed_centre + shift), MOVING, "MR")
     errors = {}
     for how in ("centroid", "overlap"):
@@ -110,14 +113,14 @@ def test_gland_translation_options_are_checked():
 
 def test_a_model_file_of_format_1_still_loads_and_aligns_by_centroids(tmp_path):
     """Model files written before ``gland_translation`` (format 1) load as centroid models; a
-    format-2 file is what this LabelReg writes."""
+    format-3 file is what this LabelReg writes."""
     import json
 
     from labelreg.model import FORMAT_VERSION
     from labelreg.model_io import load_model, save_model, sha256_of, sidecar_path
     model = RegistrationModel(ModelConfig(initial_alignment="gland", localiser=LOCALISER, gland_translation="overlap"))
     path = save_model(tmp_path / "m.pt", model)
-    assert FORMAT_VERSION == 2 and load_model(path)[0].config.gland_translation == "overlap"
+    assert FORMAT_VERSION == 3 and load_model(path)[0].config.gland_translation == "overlap"
     old = torch.load(path, weights_only=True)
     old["format_version"] = 1
     old["config"] = {k: v for k, v in old["config"].items() if k not in ("gland_translation", "overlap_radius_mm")}

@@ -187,6 +187,7 @@ def load_dataset(data_dir=None, cache_dir=None, percentiles=(1.0, 99.0), log=pri
                 )
         cases[n] = Case(
             n,
+            # one grid per role: the fields of view the model records are these images' whole extents
             torch.from_numpy(normalize_intensity(f.array, percentiles)[None]).half(),
             torch.from_numpy(normalize_intensity(m.array, percentiles)[None]).half(),
             torch.from_numpy(fl.channels > 0.5).to(torch.uint8),

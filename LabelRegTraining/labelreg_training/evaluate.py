@@ -9,7 +9,6 @@ import torch
 from labelreg.engine import RegistrationEngine
 from labelreg.io import read_image, read_labels
 from labelreg.metrics import evaluate_pair, summarize
-from labelreg.model import normalize_intensity
 from labelreg.volume import Volume
 
 
@@ -29,8 +28,8 @@ def load_pairs(data_dir, names) -> list:
 def predicted_gland_maps(model, fixed: Volume, moving: Volume) -> tuple:
     """A gland model's two gland maps of one pair (probes): ((TRUS probability (1, 1, ...), its
     grid), (MR probability, its grid)), from the images normalised as the engine does."""
-    image = [torch.from_numpy(normalize_intensity(v.array, model.config.intensity_percentiles))[None, None]
-             for v in (fixed, moving)]
+    image = [torch.from_numpy(model.config.normalize(v.array, v.grid, role))[None, None]
+             for v, role in ((fixed, "fixed"), (moving, "moving"))]
     return model.gland_maps(image[0], fixed.grid, image[1], moving.grid)
 
 

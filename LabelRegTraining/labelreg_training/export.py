@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from labelreg.domain import describe_domain
+from labelreg.io import read_image
 from labelreg.model_io import BUNDLED_MODEL, save_model
 
 from .data import case_names, resolve_data_dir
@@ -48,6 +50,17 @@ def _summary(metrics_file) -> dict:
     return result.get("summary") | {"mode": result.get("mode")}
 
 
+def training_domain(model, data_dir, cases) -> dict:
+    """Record in ``model`` the fields of view of the training images ``cases`` (where its
+    configuration leaves them unset) and return their :func:`~labelreg.domain.describe_domain`."""
+    data_dir = resolve_data_dir(data_dir)
+    images = {role: [(volume.array, volume.grid) for volume in
+                     (read_image(data_dir / f"{role}_images" / f"{n}.nii.gz", f"{role} image") for n in cases)]
+              for role in ("fixed", "moving")}
+    model.config = model.config.with_fields_of(images["fixed"][0][1], images["moving"][0][1])
+    return describe_domain(model.config, images["fixed"], images["moving"])
+
+
 def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=(), **options) -> Path:
     """``options``: inference options of the model configuration (``train.INFERENCE_OPTIONS``,
     e.g. ``gland_translation="overlap"``) to set in the exported model."""
@@ -76,4 +89,5 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=(),
             "source": "YipengHu/example-data branch mrus, commit fffae7ba72e730eaf8f9ad8ee4a1b3f690226c0d",
             "cases": len(case_names(path)),
         }
+        metadata["training_domain"] = training_domain(model, path, metadata["split"]["train_cases"] or case_names(path))
     return save_model(Path(out) if out else BUNDLED_MODEL, model, metadata)

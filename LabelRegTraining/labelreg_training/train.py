@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from labelreg.io import AtomicFile
-from labelreg.model import ModelConfig, RegistrationModel, localiser_grid
+from labelreg.model import ModelConfig, RegistrationModel
 from labelreg.transforms import initial_transform, transform_points
 from labelreg.warp import sample, sample_field
 from torch import nn
@@ -158,7 +158,7 @@ class LossModule(nn.Module):
             fixed_points_lps=fixed_points, train_global=cfg.stage != "local", residual_lps=residual, gland_maps=maps)
         loss_grid, loss_points, loss_fixed_points, loss_ddf = net_grid, points, fixed_points, ddf
         if cfg.loss_spacing_mm:  # the same mappings, interpolated to the finer loss grid
-            loss_grid = self.fixed_grid.resampled(cfg.loss_spacing_mm, model.grid_multiple)  # built as net_grid is
+            loss_grid = model.frame_grid(self.fixed_grid, "fixed", cfg.loss_spacing_mm, model.grid_multiple)
             loss_points = loss_grid.points_lps(device=dev)
             loss_fixed_points = transform_points(r_fixed, loss_points) + sample_field(jitter, net_grid, loss_points)
             loss_ddf = None if ddf is None else sample_field(ddf, net_grid, loss_points)
@@ -183,7 +183,7 @@ class LossModule(nn.Module):
         for role, image, gland, grid in (("fixed", fixed, fixed_gland, self.fixed_grid),
                                          ("moving", moving, moving_gland, self.moving_grid)):
             net = model.localisers[role]
-            net_grid = localiser_grid(grid, model.config.localiser_spacing, net)
+            net_grid = model.localiser_grid(grid, role)
             r = augment.random_affine(image.shape[0], grid.center_lps, aug, gen).to(dev)
             if aug.mirror:  # segmentation: each image its own mirror draw
                 r = r @ augment.mirror_lps(augment.random_mirrors(image.shape[0], aug, gen), grid.center_lps,
@@ -365,7 +365,8 @@ def train(cfg: TrainConfig, data: Dataset, resume: bool = False, log=print, eval
 
     run = cfg.seed + 1000 * cfg.run_seed
     torch.manual_seed(run)  # the same initial weights on every rank and every rerun
-    model = RegistrationModel(ModelConfig.from_dict(cfg.model))
+    # the fields of view the networks see are the training images' own, recorded in the model
+    model = RegistrationModel(ModelConfig.from_dict(cfg.model).with_fields_of(data.fixed_grid, data.moving_grid))
     set_trainable(model, cfg.stage)
     if cfg.init_from:
         state = torch.load(cfg.init_from, map_location="cpu", weights_only=True)

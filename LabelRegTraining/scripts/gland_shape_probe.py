@@ -21,7 +21,7 @@ import time
 
 import torch
 from labelreg.metrics import evaluate_pair, format_metrics, summarize
-from labelreg.model import gland_probability, normalize_intensity, probability_centroid_lps
+from labelreg.model import gland_probability, probability_centroid_lps
 from labelreg.transforms import transform_points
 from labelreg.warp import sample
 from labelreg_training.data import validation_cases
@@ -36,9 +36,9 @@ def gland_map(model, role, volume, labels, masks):
     """(1, 1, z, y, x) gland map and its grid: the true label, or the localiser's probability."""
     if masks == "labels":
         return torch.from_numpy(labels.channels[:1].astype("float32"))[None], volume.grid
-    image = torch.from_numpy(normalize_intensity(volume.array, model.config.intensity_percentiles))[None, None]
+    image = torch.from_numpy(model.config.normalize(volume.array, volume.grid, role))[None, None]
     with torch.no_grad():
-        return gland_probability(model.localisers[role], image, volume.grid, model.config.localiser_spacing)
+        return gland_probability(model.localisers[role], image, volume.grid, model.localiser_grid(volume.grid, role))
 
 
 def fit_pair(fixed_map, fixed_grid, moving_map, moving_grid, net_grid, fit, iters, bending, lr, scales):

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 from labelreg.metrics import centroid_lps
-from labelreg.model import gland_centroid_lps, normalize_intensity
+from labelreg.model import gland_probability, probability_centroid_lps
 from labelreg.transforms import transform_points
 from labelreg_training.augment import AugmentConfig, random_affine
 from labelreg_training.data import validation_cases
@@ -24,27 +24,24 @@ from labelreg_training.train import load_checkpoint
 
 def view_centroid(model, role, volume, views):
     """Mean over ``views`` (V, 4, 4) of the localiser's centroid (LPS mm) seen through each view."""
-    image = torch.from_numpy(normalize_intensity(volume.array, model.config.intensity_percentiles))[None, None]
+    image = torch.from_numpy(model.config.normalize(volume.array, volume.grid, role))[None, None]
     grid = volume.grid
     out = []
     for view in views:
         # the localiser sees the image resampled at view(x): a grid whose points are moved by view
-        moved = _ViewGrid(grid, view)
+        moved = _ViewGrid(model.localiser_grid(grid, role), view)
         with torch.no_grad():
-            c, found = gland_centroid_lps(model.localisers[role], image, moved, model.config.localiser_spacing)
+            c, found = probability_centroid_lps(*gland_probability(model.localisers[role], image, grid, moved))
         if found[0]:
             out.append(c[0])
     return torch.stack(out).mean(0).numpy() if out else None
 
 
 class _ViewGrid:
-    """A grid whose points are mapped by ``view`` (duck-typed for :func:`gland_centroid_lps`)."""
+    """A grid whose points are mapped by ``view`` (duck-typed for :func:`gland_probability`)."""
 
     def __init__(self, grid, view):
         self.grid, self.view = grid, view
-
-    def resampled(self, spacing, multiple):
-        return _ViewGrid(self.grid.resampled(spacing, multiple), self.view)
 
     def points_lps(self, dtype=torch.float32, device=None):
         return transform_points(self.view.to(dtype)[None], self.grid.points_lps(dtype, device)[None])[0]

@@ -128,6 +128,7 @@ class EngineCache:
             engine, _ = self.engine(request.modelPath, "cpu")
             result = engine.register(*args, mode=request.mode, progress=progress, cancel=cancel)
         metrics = evaluate(result.warped_labels, request.fixedLabels, result.fixed_grid)
+        notes += [f"Warning: {line}" for line in result.warnings]  # inputs far from the model's training domain
         return RegistrationOutcome(result, time.perf_counter() - start, result.device, notes, metrics)
 
 

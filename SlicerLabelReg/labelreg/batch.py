@@ -27,7 +27,7 @@ from .warp import sample
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CSV_COLUMNS = ("name", "dice", "dice_p10", "hd95_mm", "tre_median_mm", "tre_p90_mm", "n_landmarks",
-               "folding_fraction", "tre_mm")
+               "folding_fraction", "tre_mm", "warnings")
 
 
 def stem(path) -> str:
@@ -245,10 +245,10 @@ def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: st
                 if labels is not None and name in files.get("fixed_labels", {}):
                     fixed_labels = lio.read_labels(files["fixed_labels"][name], grid, "fixed labels")
                     row = {"name": name, **evaluate_pair(result.warped_labels, fixed_labels.channels, grid,
-                                                         result.ddf_lps)}
+                                                         result.ddf_lps), "warnings": " | ".join(result.warnings)}
                     rows.append(row)
                     line += "  " + format_metrics(row)
-                progress.write(line)
+                progress.write(line + "".join(f"\n  warning: {w}" for w in result.warnings))
             except LabelRegError as exc:
                 failures.append((name, str(exc)))
             progress.step(name)

@@ -84,6 +84,8 @@ def cmd_register(args) -> int:
     outcome = register_to_folder(engine, fixed, moving, labels, args.output_dir, args.mode,
                                  args.initial_alignment, fixed_labels)
     result = outcome["result"]
+    for line in result.warnings:
+        print(f"labelreg: warning: {line}", file=sys.stderr)
     print(f"registered {args.moving} -> {args.fixed} ({args.mode}, {result.device}); outputs:")
     _print_outcome(outcome, args.mode)
     _print_timings(result.timings, {"reading": read_s, "writing": outcome["write_s"],

@@ -13,9 +13,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .domain import check_input, mean_in_field
 from .errors import LabelRegError, RegistrationCancelled
 from .grid import Grid
-from .model import ALIGNMENTS, MODES, RegistrationModel, normalize_intensity
+from .model import ALIGNMENTS, MODES, ROLES, RegistrationModel
 from .model_io import load_model
 from .transforms import transform_points
 from .volume import Volume
@@ -49,6 +50,7 @@ class RegistrationResult:
         fixed_grid: the grid of the outputs.
         timings: seconds per stage.
         initial_lps: (4, 4) the initial alignment the networks started from.
+        warnings: one line each where an input lies far from the model's training domain.
     """
 
     affine_lps: np.ndarray
@@ -60,6 +62,7 @@ class RegistrationResult:
     device: str
     timings: dict = field(default_factory=dict)
     initial_lps: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
 
 
 ProgressFn = Callable[[float, str], None]
@@ -145,6 +148,22 @@ class RegistrationEngine:
                 "check the spacing units (mm) or crop the image"
             )
 
+    def _normalised(self, pairs) -> tuple:
+        """The pairs' images normalised, as (B, 1, ...) fixed and moving tensors, and each pair's
+        warnings where an image lies far from the model's training domain."""
+        domain = self.metadata.get("training_domain")
+        images, warnings = {role: [] for role in ROLES}, []
+        for pair in pairs:
+            lines = []
+            for volume, role in zip(pair[:2], ROLES):
+                array = self.config.normalize(volume.array, volume.grid, role)
+                field = self.config.field_box(volume.grid, role)
+                lines += check_input(domain, role, volume.name, volume.grid, field,
+                                     mean_in_field(array, volume.grid, field))
+                images[role].append(array)
+            warnings.append(lines)
+        return (*(torch.from_numpy(np.stack(images[role])[:, None]).to(self.device) for role in ROLES), warnings)
+
     def _run(self, pairs, mode, alignment, progress, cancel) -> list:
         timings = {}
         clock = time.perf_counter()
@@ -163,14 +182,9 @@ class RegistrationEngine:
                 progress(fraction, message)
 
         step(0.0, "preprocessing")
-        dev, pct = self.device, self.config.intensity_percentiles
+        dev = self.device
         fixed_grid, moving_grid = pairs[0][0].grid, pairs[0][1].grid
-
-        def stack(arrays):
-            return torch.from_numpy(np.stack(arrays)[:, None]).to(dev)
-
-        fixed = stack([normalize_intensity(p[0].array, pct) for p in pairs])
-        moving = stack([normalize_intensity(p[1].array, pct) for p in pairs])
+        fixed, moving, warnings = self._normalised(pairs)
         maps = None
         if self.model.uses_gland_maps(alignment, mode):
             step(0.1, "finding the gland", "preprocess")
@@ -207,7 +221,7 @@ class RegistrationEngine:
                 warped_moving=warped.cpu().numpy(),
                 warped_labels=warped_labels,
                 fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
-                initial_lps=initial[b].double().cpu().numpy(),
+                initial_lps=initial[b].double().cpu().numpy(), warnings=warnings[b],
             ))
         step(1.0, "done", "warp")
         return results

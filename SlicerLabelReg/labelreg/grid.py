@@ -115,20 +115,45 @@ class Grid:
         m = torch.as_tensor(self.index_to_lps, dtype=torch.float64, device=device)
         return (ijk @ m[:3, :3].T + m[:3, 3]).to(dtype)
 
-    def resampled(self, spacing_mm: float, multiple: int = 1) -> Grid:
-        """A grid with the same centre and direction, isotropic ``spacing_mm``, covering this
-        grid's extent, with each size rounded up to a multiple of ``multiple``.
+    def extent_along_mm(self, direction) -> np.ndarray:
+        """Physical length covered by the voxels (edge to edge) along the three unit axes that
+        are the columns of ``direction`` (3x3, LPS): this grid's bounding box in those axes."""
+        axes = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in self.size], indexing="ij")).reshape(3, -1)
+        along = axes.T @ (self.index_to_lps[:3, :3] @ corners)
+        return along.max(axis=1) - along.min(axis=1)
 
-        This is how the network grid is built from the fixed image.
+    def resampled(self, spacing_mm: float, multiple: int = 1, direction=None, extent_mm=None) -> Grid:
+        """A grid with the same centre, isotropic ``spacing_mm`` and index axes ``direction``
+        (3x3, columns in LPS; default: this grid's), covering ``extent_mm`` along those axes
+        (default: this grid's whole extent along them), each size rounded up to a multiple of
+        ``multiple``.
+
+        How every network grid is built (:meth:`labelreg.model.RegistrationModel.frame_grid`):
+        with the model's frame as ``direction``, the result depends only on the image's physical
+        position, never on the order or sign of its stored axes.
         """
         if spacing_mm <= 0:
             raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
-        n = np.ceil(self.extent_mm / spacing_mm - 1e-6).astype(int)
+        direction = self.direction_matrix if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        extent = self.extent_along_mm(direction) if extent_mm is None else np.asarray(extent_mm, dtype=np.float64)
+        n = np.ceil(extent / spacing_mm - 1e-6).astype(int)
         n = (np.ceil(n / multiple) * multiple).astype(int)
         spacing = np.full(3, float(spacing_mm))
-        half = self.direction_matrix @ (spacing * (n - 1) / 2.0)
-        origin = self.center_lps - half
-        return Grid(tuple(n), tuple(spacing), tuple(origin), self.direction)
+        origin = self.center_lps - direction @ (spacing * (n - 1) / 2.0)
+        return Grid(tuple(n), tuple(spacing), tuple(origin), tuple(direction.ravel()))
+
+    def voxels_inside(self, box: Grid, step: int = 1) -> np.ndarray:
+        """Mask, shaped like ``array[::step, ::step, ::step]`` of an array on this grid, of the
+        voxels whose centres lie within the voxels of ``box`` (edge to edge, 1 um tolerance)."""
+        to_box = box.lps_to_index @ self.index_to_lps
+        ijk = np.meshgrid(*[np.arange(0, n, step, dtype=np.float64) for n in self.size], indexing="ij")  # (i, j, k)
+        inside = np.ones(ijk[0].shape, dtype=bool)
+        for row in range(3):
+            coordinate = sum(to_box[row, a] * ijk[a] for a in range(3)) + to_box[row, 3]
+            tolerance = 1e-3 / box.spacing[row]
+            inside &= (coordinate >= -0.5 - tolerance) & (coordinate <= box.size[row] - 0.5 + tolerance)
+        return inside.transpose(2, 1, 0)
 
     def describe(self) -> str:
         return (

@@ -17,9 +17,16 @@ from .overlap import overlap_translation_lps
 from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
 from .warp import sample
 
-#: 2 (2026-11-28): ModelConfig.gland_translation; a format-1 model aligns by gland centroids, and a
-#: LabelReg that reads only format 1 refuses a format-2 model instead of ignoring the option
-FORMAT_VERSION = 2
+#: 2: ModelConfig.gland_translation; a format-1 model aligns by gland centroids, and a
+#: LabelReg that reads only format 1 refuses a format-2 model instead of ignoring the option.
+#: 3: the networks' frame and fields of view (``frame_direction_lps``, ``fixed_field_mm``,
+#: ``moving_field_mm``); older files load with the frame they were trained in (the public data
+#: set's storage, :data:`RAS_AXES_LPS`) and fields that follow each image's extent, as before.
+FORMAT_VERSION = 3
+#: index axes i, j, k along the patient's right, anterior and superior directions (as LPS
+#: columns): the storage of the public MR-TRUS data set, the frame the bundled model was trained in
+RAS_AXES_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+ROLES = ("fixed", "moving")
 MODES = ("affine", "deformable", "local")
 #: the grid-only alignments, and "gland": the translation between the two glands that the model's
 #: gland localisers predict (centroids or best overlap: :attr:`ModelConfig.gland_translation`)
@@ -51,6 +58,13 @@ class ModelConfig:
         local_gland_inputs: the local net also sees the gland probability maps the two
             localisers predict (the fixed one, and the moving one warped like the moving image):
             4 input channels instead of 2. Still images only: the maps come from the images.
+        frame_direction_lps: the axes (3x3 row-major, columns in LPS) of every grid a network sees
+            an image on: the frame the model was trained in. Images stored along other axes are
+            resampled into it, so that a registration depends only on the physical images.
+        fixed_field_mm / moving_field_mm: the field of view (mm along the frame axes), centred on
+            each image, that the networks of that role see: the training images' extent, so that
+            a padded, cropped-to-the-same-content or obliquely stored image gives the networks the
+            same view; None follows each image's own extent (along the frame axes).
         gland_translation: how the "gland" alignment matches the two predicted glands:
             "centroid" (the translation between their centroids) or "overlap" (the translation,
             within ``overlap_radius_mm`` of the centroid one, that maximises the soft Dice of the two
@@ -68,6 +82,9 @@ class ModelConfig:
     local_gland_inputs: bool = False
     gland_translation: str = "centroid"
     overlap_radius_mm: float = 12.0
+    frame_direction_lps: tuple = RAS_AXES_LPS
+    fixed_field_mm: tuple | None = None
+    moving_field_mm: tuple | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -88,10 +105,54 @@ class ModelConfig:
         if "in_channels" in self.local_net:
             raise ValueError("local_net: set local_gland_inputs instead of in_channels")
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
+        frame = np.asarray(self.frame_direction_lps, dtype=np.float64)
+        if frame.size != 9 or not np.allclose(frame.reshape(3, 3).T @ frame.reshape(3, 3), np.eye(3), atol=1e-6):
+            raise ValueError(f"frame_direction_lps must be an orthonormal 3x3 matrix (9 values), got {frame.tolist()}")
+        self.frame_direction_lps = tuple(float(v) for v in frame.ravel())
+        for name in ("fixed_field_mm", "moving_field_mm"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+                if len(value) != 3 or not min(value) > 0:
+                    raise ValueError(f"{name} must be three positive lengths in mm, got {value}")
+                setattr(self, name, value)
+
+    @property
+    def frame(self) -> np.ndarray:
+        """(3, 3) the frame's axes as LPS columns."""
+        return np.asarray(self.frame_direction_lps, dtype=np.float64).reshape(3, 3)
+
+    def field_mm(self, role: str):
+        """The field of view (mm along the frame axes) the networks see for ``role``, or None."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        return self.fixed_field_mm if role == "fixed" else self.moving_field_mm
+
+    def field_box(self, grid: Grid, role: str) -> Grid | None:
+        """The role's field of view around an image on ``grid``, as a one-voxel grid in the frame
+        (None when the field is unset: the networks then see the image's whole extent)."""
+        field_mm = self.field_mm(role)
+        return None if field_mm is None else Grid((1, 1, 1), field_mm, grid.center_lps, self.frame_direction_lps)
+
+    def normalize(self, array: np.ndarray, grid: Grid, role: str) -> np.ndarray:
+        """:func:`normalize_intensity` of an image of ``role`` on ``grid``, over the part of it the
+        role's field of view covers (all of it when the field is unset)."""
+        return normalize_intensity(array, self.intensity_percentiles, self.field_box(grid, role), grid)
+
+    def with_fields_of(self, fixed_grid: Grid, moving_grid: Grid) -> ModelConfig:
+        """A copy whose unset fields of view are the extents of these grids along the frame
+        axes (training records its images' fields so inference sees the same view)."""
+        out = ModelConfig.from_dict(self.to_dict())
+        for role, grid in zip(ROLES, (fixed_grid, moving_grid)):
+            if out.field_mm(role) is None:
+                setattr(out, f"{role}_field_mm", tuple(float(v) for v in grid.extent_along_mm(out.frame)))
+        return out
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["intensity_percentiles"] = list(self.intensity_percentiles)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
         return out
 
     @classmethod
@@ -100,10 +161,24 @@ class ModelConfig:
         return cls(**known)
 
 
-def normalize_intensity(array: np.ndarray, percentiles=(1.0, 99.0)) -> np.ndarray:
-    """Map the given percentiles of ``array`` to 0 and 1 (float32, clipped to [-0.5, 1.5])."""
-    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))
-    low, high = np.percentile(array[::step, ::step, ::step], percentiles)
+def subsample_step(voxels: int) -> int:
+    """Every how many voxels along each axis image statistics are taken (about 2 M voxels)."""
+    return max(1, round((voxels / 2_000_000) ** (1 / 3)))
+
+
+def normalize_intensity(array: np.ndarray, percentiles=(1.0, 99.0), field: Grid | None = None,
+                        grid: Grid | None = None) -> np.ndarray:
+    """Map the given percentiles of ``array`` to 0 and 1 (float32, clipped to [-0.5, 1.5]).
+
+    With ``field`` (a grid whose voxels span the region the networks see) and ``grid`` (the
+    array's), the percentiles count only the voxels whose centres lie in that region, so
+    that padding an image, or storing it on a larger oblique grid, leaves them unchanged."""
+    step = subsample_step(array.size)
+    values = array[::step, ::step, ::step]
+    if field is not None and grid is not None:
+        values = values[grid.voxels_inside(field, step)]
+        values = values if values.size else array
+    low, high = np.percentile(values, percentiles)
     if high <= low:
         low, high = float(array.min()), float(array.max())
     scale = 1.0 / max(float(high - low), 1e-6)
@@ -123,9 +198,21 @@ class RegistrationModel(nn.Module):
     def grid_multiple(self) -> int:
         return max(self.global_net.multiple, self.local_net.multiple)
 
+    def frame_grid(self, grid: Grid, role: str, spacing_mm: float, multiple: int = 1) -> Grid:
+        """A grid in the model's frame around an image of ``role`` ("fixed" or "moving") on
+        ``grid``: axes ``frame_direction_lps``, centred on the image, covering the role's field of
+        view (:meth:`ModelConfig.field_mm`; the image's extent when unset) at ``spacing_mm``, each
+        size rounded up to a multiple of ``multiple``. Every grid a network sees is one of these."""
+        return grid.resampled(spacing_mm, multiple, self.config.frame, self.config.field_mm(role))
+
     def network_grid(self, fixed_grid: Grid) -> Grid:
-        """The grid the networks see: around the fixed image, at ``grid_spacing_mm``."""
-        return fixed_grid.resampled(self.config.grid_spacing_mm, self.grid_multiple)
+        """The grid the registration networks see: around the fixed image, at ``grid_spacing_mm``."""
+        return self.frame_grid(fixed_grid, "fixed", self.config.grid_spacing_mm, self.grid_multiple)
+
+    def localiser_grid(self, grid: Grid, role: str) -> Grid:
+        """The grid the gland localiser of ``role`` sees its image on (training and inference)."""
+        return self.frame_grid(grid, role, self.config.localiser_spacing, self.localisers[role].multiple)
+
 
     def uses_gland_maps(self, alignment, mode: str) -> bool:
         """Whether registering in ``mode`` from ``alignment`` runs the localisers (compute
@@ -137,10 +224,9 @@ class RegistrationModel(nn.Module):
         grid: ((fixed (B, 1, ...), its Grid), (moving (B, 1, ...), its Grid)). No gradients."""
         if self.localisers is None:
             raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
-        spacing = self.config.localiser_spacing
         with torch.no_grad():
-            return (gland_probability(self.localisers["fixed"], fixed, fixed_grid, spacing),
-                    gland_probability(self.localisers["moving"], moving, moving_grid, spacing))
+            return tuple(gland_probability(self.localisers[role], image, grid, self.localiser_grid(grid, role))
+                         for role, image, grid in (("fixed", fixed, fixed_grid), ("moving", moving, moving_grid)))
 
     def initial_lps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                     alignment: str | None = None, views_lps: tuple | None = None,
@@ -250,17 +336,11 @@ class RegistrationModel(nn.Module):
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
 
 
-def localiser_grid(grid: Grid, spacing_mm: float, localiser: GlandLocaliser) -> Grid:
-    """The grid a gland localiser sees an image on (in training and at inference)."""
-    return grid.resampled(spacing_mm, localiser.multiple)
-
-
-def gland_probability(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
+def gland_probability(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, localiser_grid: Grid):
     """The gland probability ``localiser`` predicts in ``image`` (B, 1, z, y, x) on ``grid``,
-    resampled at ``spacing_mm``: ((B, 1, ...) probabilities, the Grid they lie on)."""
-    lgrid = localiser_grid(grid, spacing_mm, localiser)
-    points = lgrid.points_lps(dtype=image.dtype, device=image.device)
-    return torch.sigmoid(localiser(sample(image, grid, points))), lgrid
+    seen on ``localiser_grid`` (:meth:`RegistrationModel.localiser_grid`): (B, 1, ...) probabilities."""
+    points = localiser_grid.points_lps(dtype=image.dtype, device=image.device)
+    return torch.sigmoid(localiser(sample(image, grid, points))), localiser_grid
 
 
 def probability_centroid_lps(probability: torch.Tensor, grid: Grid):
@@ -272,9 +352,3 @@ def probability_centroid_lps(probability: torch.Tensor, grid: Grid):
     points = grid.points_lps(dtype=p.dtype, device=p.device)
     centroid = torch.einsum("bzyx,zyxc->bc", weights, points) / mass.clamp_min(1e-12)[:, None]
     return centroid, mass > 0
-
-
-def gland_centroid_lps(localiser: GlandLocaliser, image: torch.Tensor, grid: Grid, spacing_mm: float):
-    """Centroid (LPS mm) of the gland ``localiser`` predicts in ``image`` on ``grid`` resampled at
-    ``spacing_mm`` (:func:`gland_probability`, then :func:`probability_centroid_lps`)."""
-    return probability_centroid_lps(*gland_probability(localiser, image, grid, spacing_mm))
