@@ -187,3 +187,29 @@ def test_written_affine_reproduces_the_warp(nontrivial, untrained, phantom, to_s
     expected = resample_with_sitk(to_sitk, pair, sitk.ReadTransform(str(path)))
     assert dice_score(result.warped_labels[0], expected) > 0.99
     assert np.abs(result.warped_labels[0] - expected).mean() < 1e-4
+
+
+def test_slab_by_slab_warping_gives_the_whole_grid_result(phantom, monkeypatch):
+    """Composing and warping a few slices at a time (bounded memory) changes nothing."""
+    from labelreg import engine as engine_module
+
+    pair = phantom("aniso_oblique", seed=2)
+    engine = RegistrationEngine(RegistrationModel().eval(), device="cpu")
+    whole = engine.register(pair.fixed, pair.moving, pair.moving_labels)
+    monkeypatch.setattr(engine_module, "SLAB_VOXELS", 3 * pair.fixed.grid.size[0] * pair.fixed.grid.size[1] + 5)
+    slabs = engine.register(pair.fixed, pair.moving, pair.moving_labels)
+    for name in ("ddf_lps", "warped_moving", "warped_labels"):
+        np.testing.assert_allclose(getattr(slabs, name), getattr(whole, name), atol=1e-5)
+
+
+def test_a_registration_that_cannot_fit_in_memory_is_refused_before_it_starts(phantom, monkeypatch):
+    from labelreg import engine as engine_module
+
+    pair = phantom("iso_axis", seed=2)
+    needed = engine_module.registration_bytes(pair.fixed, pair.moving, pair.moving_labels)
+    monkeypatch.setattr(engine_module, "available_bytes", lambda: needed - 1)
+    fixed = Volume(pair.fixed.array, pair.fixed.grid, "big_trus.nii.gz")
+    with pytest.raises(LabelRegError, match=r"^big_trus.nii.gz: registering this \(40, 48, 36\) image needs about"):
+        RegistrationEngine(RegistrationModel().eval(), device="cpu").register(fixed, pair.moving, pair.moving_labels)
+    monkeypatch.setattr(engine_module, "available_bytes", lambda: needed)
+    RegistrationEngine(RegistrationModel().eval(), device="cpu").register(fixed, pair.moving, pair.moving_labels)

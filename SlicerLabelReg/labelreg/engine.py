@@ -25,7 +25,10 @@ from .warp import sample, sample_field
 DEVICES = ("auto", "cpu", "cuda")
 #: refuse a fixed image whose network grid would exceed this many voxels (wrong units, huge FOV)
 MAX_NETWORK_VOXELS = 256**3
-
+#: fixed-grid voxels composed and warped at a time (bounds the temporaries to ~100 MB)
+SLAB_VOXELS = 1 << 21
+#: what a registration needs besides its inputs and outputs: the model, the networks' tensors, a slab
+BASE_BYTES = 400 << 20
 
 def select_device(device: str = "auto") -> torch.device:
     """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
@@ -36,6 +39,23 @@ def select_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def registration_bytes(fixed: Volume, moving: Volume, labels: Volume | None = None) -> int:
+    """Memory one registration needs on top of its inputs: the normalised images, the outputs on
+    the fixed grid (displacement field, warped image and labels, float32) and :data:`BASE_BYTES`."""
+    channels = 0 if labels is None else labels.channels.shape[0]
+    fixed_voxels, moving_voxels = (int(np.prod(v.grid.size, dtype=np.int64)) for v in (fixed, moving))
+    return fixed_voxels * (4 + 16 + 4 * channels) + moving_voxels * (8 + 4 * channels) + BASE_BYTES
+
+
+def available_bytes() -> int | None:
+    """Memory the system can still give (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -140,6 +160,11 @@ class RegistrationEngine:
                 raise LabelRegError(f"{volume.name}: the {role} image must be 3-D, got shape {volume.array.shape}")
         if labels is not None and not labels.grid.same_as(moving.grid):
             raise LabelRegError(f"{labels.name}: moving labels are not on the moving image's grid")
+        need, free = registration_bytes(fixed, moving, labels), available_bytes()
+        if free is not None and need > free:
+            raise LabelRegError(f"{fixed.name}: registering this {fixed.grid.size} image needs about "
+                                f"{need / 2**30:.1f} GB of memory and {free / 2**30:.1f} GB is free; crop or downsample "
+                                "it (or close other programs)")
         net = self.model.network_grid(fixed.grid)
         if int(np.prod(net.size, dtype=np.int64)) > MAX_NETWORK_VOXELS:
             raise LabelRegError(
@@ -201,27 +226,43 @@ class RegistrationEngine:
                                                                gland_maps=maps)
         step(0.6, "composing the transform", "network")
 
-        points = fixed_grid.points_lps(device=dev)
-        # local field on the network grid -> fixed grid
-        ddf_full = None if ddf_net is None else sample_field(ddf_net, net_grid, points)
-        moving_points = transform_points(affine, points, ddf_full)
-        step(0.75, "warping", "compose")
-
-        results = []
-        for b, (fixed_vol, moving_vol, labels) in enumerate(pairs):
-            image = torch.from_numpy(np.ascontiguousarray(moving_vol.array, dtype=np.float32))[None, None].to(dev)
-            warped = sample(image, moving_grid, moving_points[b:b + 1])[0, 0]
-            warped_labels = None
-            if labels is not None:
-                channels = torch.from_numpy(np.ascontiguousarray(labels.channels, dtype=np.float32))[None].to(dev)
-                warped_labels = sample(channels, moving_grid, moving_points[b:b + 1])[0].clamp(0, 1).cpu().numpy()
-            results.append(RegistrationResult(
-                affine_lps=affine[b].double().cpu().numpy(),
-                ddf_lps=(moving_points[b] - points).cpu().numpy(),
-                warped_moving=warped.cpu().numpy(),
-                warped_labels=warped_labels,
-                fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
-                initial_lps=initial[b].double().cpu().numpy(), warnings=warnings[b],
-            ))
+        step(0.75, "warping")
+        outputs, compose_s = self._warp(pairs, affine, ddf_net, net_grid)
+        timings["compose"] = timings.get("compose", 0.0) + compose_s
+        results = [RegistrationResult(
+            affine_lps=affine[b].double().cpu().numpy(), ddf_lps=ddf, warped_moving=warped, warped_labels=labels,
+            fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
+            initial_lps=initial[b].double().cpu().numpy(), warnings=warnings[b],
+        ) for b, (ddf, warped, labels) in enumerate(outputs)]
         step(1.0, "done", "warp")
+        timings["warp"] -= compose_s
         return results
+
+    def _warp(self, pairs, affine, ddf_net, net_grid) -> tuple:
+        """Compose the transform and warp the moving images and labels onto the fixed grid, a slab
+        of :data:`SLAB_VOXELS` at a time, so that no full-size temporary is held. Returns (per
+        pair (ddf_lps (z, y, x, 3), warped (z, y, x), warped labels (C, z, y, x) or None), the
+        seconds spent composing)."""
+        fixed_grid, moving_grid, dev = pairs[0][0].grid, pairs[0][1].grid, self.device
+        nz, ny, nx = fixed_grid.shape_zyx
+        outputs = [(np.empty((nz, ny, nx, 3), np.float32), np.empty((nz, ny, nx), np.float32),
+                    None if labels is None else np.empty((labels.channels.shape[0], nz, ny, nx), np.float32))
+                   for _, _, labels in pairs]
+        sources = [[torch.from_numpy(np.ascontiguousarray(v.channels, dtype=np.float32))[None].to(dev)
+                    for v in (moving, labels) if v is not None] for _, moving, labels in pairs]
+        slab, compose_s = max(1, SLAB_VOXELS // (nx * ny)), 0.0
+        for k0 in range(0, nz, slab):
+            start = time.perf_counter()
+            part = Grid((nx, ny, min(slab, nz - k0)), fixed_grid.spacing,
+                        fixed_grid.index_to_lps[:3, :3] @ [0, 0, k0] + fixed_grid.origin, fixed_grid.direction)
+            points = part.points_lps(device=dev)
+            ddf_full = None if ddf_net is None else sample_field(ddf_net, net_grid, points)
+            moving_points = transform_points(affine, points, ddf_full)
+            compose_s += time.perf_counter() - start
+            rows = slice(k0, k0 + part.size[2])
+            for (ddf, warped, labels), images, where in zip(outputs, sources, moving_points):
+                ddf[rows] = (where - points).cpu().numpy()
+                warped[rows] = sample(images[0], moving_grid, where[None])[0, 0].cpu().numpy()
+                if labels is not None:
+                    labels[:, rows] = sample(images[1], moving_grid, where[None])[0].clamp(0, 1).cpu().numpy()
+        return outputs, compose_s
