@@ -66,3 +66,40 @@ def dice(a, b, threshold=0.5):
 @pytest.fixture(scope="session")
 def dice_score():
     return dice
+
+
+# ------------------------------------------------- headless Slicer (slicer-core)
+@pytest.fixture(scope="module")
+def slicer():
+    """The ``slicer`` module of a headless application (Testing/slicer_bootstrap.py); skips the
+    test where slicer-core is absent or broken."""
+    try:
+        import slicer_bootstrap
+
+        return slicer_bootstrap.bootstrap()
+    except ImportError as exc:
+        pytest.skip(f"slicer-core is not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def module(slicer):
+    """The LabelReg scripted module file (Module, Widget, Logic, Test)."""
+    import LabelReg
+
+    return LabelReg
+
+
+@pytest.fixture(scope="module")
+def nodes(slicer):
+    """LabelRegLib.nodes: the scene <-> array adapters."""
+    from LabelRegLib import nodes
+
+    return nodes
+
+
+@pytest.fixture
+def clean_scene(slicer):
+    """An empty scene before and after the test (color nodes kept)."""
+    slicer.mrmlScene.Clear(0)
+    yield
+    slicer.mrmlScene.Clear(0)

@@ -78,7 +78,7 @@ def test_a_field_of_view_in_the_wrong_units_is_refused(engine, pair):
 
 def test_models_without_a_domain_give_no_warnings():
     grid = Grid((10, 10, 10), (0.01, 0.01, 0.01), (0, 0, 0))
-    assert check_input(None, "fixed", "x", grid, grid, 5.0) == []
+    assert check_input(None, "fixed", "x", grid, grid, np.full((10, 10, 10), 5.0)) == []
 
 
 def test_command_line_and_batch_show_the_warnings(pair, tmp_path, capsys):

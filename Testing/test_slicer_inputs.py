@@ -11,7 +11,6 @@ try:
     import slicer as _slicer_core  # noqa: F401  (pip install slicer-core)
 except ImportError as exc:  # absent, or broken (e.g. a vtk it was not built against)
     pytest.skip(f"slicer-core is not available: {exc}", allow_module_level=True)
-import slicer_bootstrap
 import vtk  # installed with slicer-core
 from labelreg.errors import LabelRegError
 from labelreg.io import write_image
@@ -19,36 +18,12 @@ from labelreg.model import RegistrationModel
 from labelreg.model_io import save_model
 from vtk.util import numpy_support
 
-
-@pytest.fixture(scope="module")
-def slicer():
-    return slicer_bootstrap.bootstrap()
-
-
-@pytest.fixture(scope="module")
-def module(slicer):
-    import LabelReg
-
-    return LabelReg
-
-
-@pytest.fixture(scope="module")
-def nodes(slicer):
-    from LabelRegLib import nodes
-
-    return nodes
+pytestmark = pytest.mark.usefixtures("clean_scene")  # slicer, module, nodes: conftest.py
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     return str(save_model(tmp_path_factory.mktemp("model") / "model.pt", RegistrationModel()))
-
-
-@pytest.fixture(autouse=True)
-def clean_scene(slicer):
-    slicer.mrmlScene.Clear(0)
-    yield
-    slicer.mrmlScene.Clear(0)
 
 
 @pytest.fixture

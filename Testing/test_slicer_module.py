@@ -18,7 +18,6 @@ try:
     import slicer as _slicer_core  # noqa: F401  (pip install slicer-core)
 except ImportError as exc:  # absent, or broken (e.g. a vtk it was not built against)
     pytest.skip(f"slicer-core is not available: {exc}", allow_module_level=True)
-import slicer_bootstrap
 import vtk  # installed with slicer-core
 from labelreg.errors import LabelRegError, RegistrationCancelled
 from labelreg.metrics import centroid_lps, dice
@@ -33,30 +32,7 @@ BATCH_SCRIPT = REPO / "SlicerLabelReg" / "Scripts" / "register_batch.py"
 
 
 # --------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def slicer():
-    return slicer_bootstrap.bootstrap()
-
-
-@pytest.fixture(scope="module")
-def module(slicer):
-    import LabelReg
-
-    return LabelReg
-
-
-@pytest.fixture(scope="module")
-def nodes(slicer):
-    from LabelRegLib import nodes
-
-    return nodes
-
-
-@pytest.fixture(autouse=True)
-def clean_scene(slicer):
-    slicer.mrmlScene.Clear(0)
-    yield
-    slicer.mrmlScene.Clear(0)
+pytestmark = pytest.mark.usefixtures("clean_scene")  # slicer, module, nodes: conftest.py
 
 
 def model_with_affine(fixed_grid, moving_grid, affine_lps=None, local_shift=None) -> RegistrationModel:

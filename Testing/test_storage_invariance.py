@@ -221,29 +221,18 @@ def test_training_sees_a_restored_data_set_as_the_original(tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-def test_slicer_logic_registers_volumes_of_any_ijk_to_ras_as_the_original(sample_pair, reference):
-    slicer_bootstrap = pytest.importorskip("slicer_bootstrap")
-    try:
-        slicer = slicer_bootstrap.bootstrap()
-    except ImportError as exc:
-        pytest.skip(f"slicer-core is not available: {exc}")
-    import LabelReg
-    from LabelRegLib import nodes
-
+def test_slicer_logic_registers_volumes_of_any_ijk_to_ras_as_the_original(slicer, module, nodes, clean_scene,
+                                                                         sample_pair, reference):
     scene = slicer.mrmlScene
-    scene.Clear(0)
-    try:
-        for variant in ("axes permuted and flipped", "oblique, 25 degrees"):
-            fixed, moving, labels = storage.PAIR_VARIANTS[variant](*sample_pair)
-            fixed_node = nodes.setVolumeArray(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "TRUS"),
-                                              fixed.array, fixed.grid)
-            moving_node = nodes.setVolumeArray(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"),
-                                               moving.array, moving.grid)
-            names = [f"label {c}" for c in range(len(labels.channels))]
-            segmentation = nodes.fillSegmentation(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MR seg"),
-                                                  (labels.channels > 0.5).astype(np.float32), labels.grid, names)
-            outputs = LabelReg.LabelRegLogic().register(fixed_node, moving_node, segmentation, device="cpu")
-            result = outputs.outcome.result
-            assert_agrees(Volume(result.warped_labels, result.fixed_grid), reference, variant)
-    finally:
-        scene.Clear(0)
+    for variant in ("axes permuted and flipped", "oblique, 25 degrees"):
+        fixed, moving, labels = storage.PAIR_VARIANTS[variant](*sample_pair)
+        fixed_node = nodes.setVolumeArray(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "TRUS"),
+                                          fixed.array, fixed.grid)
+        moving_node = nodes.setVolumeArray(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "MR"),
+                                           moving.array, moving.grid)
+        names = [f"label {c}" for c in range(len(labels.channels))]
+        segmentation = nodes.fillSegmentation(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MR seg"),
+                                              (labels.channels > 0.5).astype(np.float32), labels.grid, names)
+        outputs = module.LabelRegLogic().register(fixed_node, moving_node, segmentation, device="cpu")
+        result = outputs.outcome.result
+        assert_agrees(Volume(result.warped_labels, result.fixed_grid), reference, variant)

@@ -54,11 +54,12 @@ def describe_domain(config, fixed: list, moving: list) -> dict:
 
 
 def check_input(domain: dict | None, role: str, name: str, grid: Grid, field: Grid | None,
-                normalised_mean: float) -> list:
+                normalised: np.ndarray) -> list:
     """One-line warnings for an image of ``role`` on ``grid`` far from the training ``domain``
     (none when the model records no domain); raises :class:`LabelRegError` where a result would
     be meaningless. ``field``: the networks' field of view around the image (a one-voxel grid,
-    :meth:`~labelreg.model.ModelConfig.field_box`); ``normalised_mean``: :func:`mean_in_field`."""
+    :meth:`~labelreg.model.ModelConfig.field_box`); ``normalised``: the image normalised as the
+    networks see it."""
     if not domain or role not in domain or field is None:
         return []
     known, warnings = domain[role], []
@@ -85,7 +86,7 @@ def check_input(domain: dict | None, role: str, name: str, grid: Grid, field: Gr
         warnings.append(f"{name}: voxel spacing {np.round(grid.spacing, 3).tolist()} mm is far from the training "
                         f"images' {low:g}-{high:g} mm; check the result")
     lo, hi = known["normalised_mean"]
-    margin = max(0.1, 0.25 * (hi - lo))
+    margin, normalised_mean = max(0.1, 0.25 * (hi - lo)), mean_in_field(normalised, grid, field)
     if not lo - margin <= normalised_mean <= hi + margin:
         warnings.append(f"{name}: its intensities are unlike the training {kind} images' (normalised mean "
                         f"{normalised_mean:.2f}, training {lo:.2f}-{hi:.2f}); is it a {kind} image?")

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .domain import check_input, mean_in_field
+from .domain import check_input
 from .errors import LabelRegError, RegistrationCancelled
 from .grid import Grid
 from .model import ALIGNMENTS, MODES, ROLES, RegistrationModel
@@ -183,8 +183,7 @@ class RegistrationEngine:
             for volume, role in zip(pair[:2], ROLES):
                 array = self.config.normalize(volume.array, volume.grid, role)
                 field = self.config.field_box(volume.grid, role)
-                lines += check_input(domain, role, volume.name, volume.grid, field,
-                                     mean_in_field(array, volume.grid, field))
+                lines += check_input(domain, role, volume.name, volume.grid, field, array)
                 images[role].append(array)
             warnings.append(lines)
         return (*(torch.from_numpy(np.stack(images[role])[:, None]).to(self.device) for role in ROLES), warnings)

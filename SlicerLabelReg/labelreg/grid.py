@@ -10,6 +10,7 @@ array of shape (nz, ny, nx), so ``array[k, j, i]`` is voxel (i, j, k).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -123,8 +124,9 @@ class Grid:
         along = axes.T @ (self.index_to_lps[:3, :3] @ corners)
         return along.max(axis=1) - along.min(axis=1)
 
-    def resampled(self, spacing_mm: float, multiple: int = 1, direction=None, extent_mm=None) -> Grid:
-        """A grid with the same centre, isotropic ``spacing_mm`` and index axes ``direction``
+    def resampled(self, spacing_mm, multiple: int = 1, direction=None, extent_mm=None) -> Grid:
+        """A grid with the same centre, ``spacing_mm`` (one value: isotropic, or one per new
+        axis) and index axes ``direction``
         (3x3, columns in LPS; default: this grid's), covering ``extent_mm`` along those axes
         (default: this grid's whole extent along them), each size rounded up to a multiple of
         ``multiple``.
@@ -133,30 +135,38 @@ class Grid:
         with the model's frame as ``direction``, the result depends only on the image's physical
         position, never on the order or sign of its stored axes.
         """
-        if spacing_mm <= 0:
+        spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)).copy()
+        if spacing.min() <= 0:
             raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
         direction = self.direction_matrix if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
         extent = self.extent_along_mm(direction) if extent_mm is None else np.asarray(extent_mm, dtype=np.float64)
-        n = np.ceil(extent / spacing_mm - 1e-6).astype(int)
+        n = np.ceil(extent / spacing - 1e-6).astype(int)
         n = (np.ceil(n / multiple) * multiple).astype(int)
-        spacing = np.full(3, float(spacing_mm))
         origin = self.center_lps - direction @ (spacing * (n - 1) / 2.0)
         return Grid(tuple(n), tuple(spacing), tuple(origin), tuple(direction.ravel()))
 
     def voxels_inside(self, box: Grid, step: int = 1) -> np.ndarray:
-        """Mask, shaped like ``array[::step, ::step, ::step]`` of an array on this grid, of the
-        voxels whose centres lie within the voxels of ``box`` (edge to edge, 1 um tolerance)."""
-        to_box = box.lps_to_index @ self.index_to_lps
-        ijk = np.meshgrid(*[np.arange(0, n, step, dtype=np.float64) for n in self.size], indexing="ij")  # (i, j, k)
-        inside = np.ones(ijk[0].shape, dtype=bool)
-        for row in range(3):
-            coordinate = sum(to_box[row, a] * ijk[a] for a in range(3)) + to_box[row, 3]
-            tolerance = 1e-3 / box.spacing[row]
-            inside &= (coordinate >= -0.5 - tolerance) & (coordinate <= box.size[row] - 0.5 + tolerance)
-        return inside.transpose(2, 1, 0)
+        """Read-only mask, shaped like ``array[::step, ::step, ::step]`` of an array on this grid,
+        of the voxels whose centres lie within the voxels of ``box`` (edge to edge, 1 um
+        tolerance). Cached: live frames on one grid compute it once."""
+        return _voxels_inside(self, box, int(step))
 
     def describe(self) -> str:
         return (
             f"size {self.size}, spacing {tuple(round(s, 4) for s in self.spacing)} mm, "
             f"origin {tuple(round(o, 3) for o in self.origin)}"
         )
+
+
+@lru_cache(maxsize=16)
+def _voxels_inside(grid: Grid, box: Grid, step: int) -> np.ndarray:
+    to_box = box.lps_to_index @ grid.index_to_lps
+    ijk = np.meshgrid(*[np.arange(0, n, step, dtype=np.float64) for n in grid.size], indexing="ij")  # (i, j, k)
+    inside = np.ones(ijk[0].shape, dtype=bool)
+    for row in range(3):
+        coordinate = sum(to_box[row, a] * ijk[a] for a in range(3)) + to_box[row, 3]
+        tolerance = 1e-3 / box.spacing[row]
+        inside &= (coordinate >= -0.5 - tolerance) & (coordinate <= box.size[row] - 0.5 + tolerance)
+    inside = np.ascontiguousarray(inside.transpose(2, 1, 0))
+    inside.setflags(write=False)
+    return inside

@@ -64,11 +64,8 @@ def resampled_on(volume: Volume, grid: Grid) -> Volume:
 def oblique_grid(grid: Grid, rotation: np.ndarray, spacing=None) -> Grid:
     """A grid about the same centre whose axes are ``grid``'s turned by ``rotation`` (3x3),
     covering ``grid``'s whole box, at ``spacing`` (default: ``grid``'s)."""
-    direction = np.asarray(rotation, dtype=np.float64) @ grid.direction_matrix
-    spacing = np.asarray(grid.spacing if spacing is None else spacing, dtype=np.float64)
-    size = np.ceil(grid.extent_along_mm(direction) / spacing - 1e-6).astype(int)
-    origin = grid.center_lps - direction @ (spacing * (size - 1) / 2)
-    return Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction.ravel()))
+    return grid.resampled(grid.spacing if spacing is None else spacing, 1,
+                          np.asarray(rotation, dtype=np.float64) @ grid.direction_matrix)
 
 
 def respaced_grid(grid: Grid, spacing) -> Grid:
