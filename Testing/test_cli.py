@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from labelreg import cli
+from labelreg import cli, resources
 from labelreg.grid import Grid
 from labelreg.metrics import dice
 from labelreg.model import RegistrationModel
@@ -142,7 +142,7 @@ def test_batch_reports_bad_pair_and_writes_the_others(files, batch_data, tmp_pat
 
 
 def test_demo_runs(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "SAMPLE_DATA", tmp_path / "no-sample-data")
+    monkeypatch.setattr(resources, "SAMPLE_PAIR_DIR", tmp_path / "no-sample-data")
     code, out, err = run(["demo", "--output-dir", tmp_path / "demo", "--device", "cpu"], capsys)
     assert code == 0, err
     if "notice:" in out:

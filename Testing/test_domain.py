@@ -1,36 +1,33 @@
 """Inputs far from the bundled model's training domain register with a one-line warning (command
 line, batch CSV, Slicer summary); inputs for which a result would be meaningless are refused."""
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from labelreg import cli, storage
+from labelreg import cli, resources, storage
 from labelreg.domain import check_input
 from labelreg.engine import RegistrationEngine
 from labelreg.errors import LabelRegError
 from labelreg.grid import Grid
 from labelreg.io import read_image, read_labels, write_image
-from labelreg.model_io import BUNDLED_MODEL, read_metadata
+from labelreg.model_io import read_metadata
 from labelreg.volume import Volume
-
-SAMPLE = Path(cli.SAMPLE_DATA)
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return RegistrationEngine(BUNDLED_MODEL, "cpu")
+    return RegistrationEngine(resources.BUNDLED_MODEL_FILE, "cpu")
 
 
 @pytest.fixture(scope="module")
 def pair():
-    fixed = read_image(SAMPLE / "fixed_images" / "obs003.nii.gz")
-    moving = read_image(SAMPLE / "moving_images" / "obs003.nii.gz")
-    return fixed, moving, read_labels(SAMPLE / "moving_labels" / "obs003.nii.gz", moving.grid)
+    fixed = read_image(resources.sample_pair_file("fixed_images"))
+    moving = read_image(resources.sample_pair_file("moving_images"))
+    return fixed, moving, read_labels(resources.sample_pair_file("moving_labels"), moving.grid)
 
 
 def test_the_bundled_model_records_its_training_domain_and_frame():
-    metadata = read_metadata(BUNDLED_MODEL)
+    metadata = read_metadata(resources.BUNDLED_MODEL_FILE)
     domain = metadata["training_domain"]
     assert domain["frame_direction_lps"] == metadata["config"]["frame_direction_lps"]
     assert domain["fixed"]["field_mm"] == metadata["config"]["fixed_field_mm"] == [70.5, 94.5, 66.0]
@@ -95,7 +92,7 @@ def test_command_line_and_batch_show_the_warnings(pair, tmp_path, capsys):
     from labelreg.io import write_labels
 
     write_labels(data / "moving_labels" / "big.nii.gz", labels.channels, labels.grid)
-    fixed_labels = read_labels(SAMPLE / "fixed_labels" / "obs003.nii.gz", fixed.grid)
+    fixed_labels = read_labels(resources.sample_pair_file("fixed_labels"), fixed.grid)
     write_labels(data / "fixed_labels" / "big.nii.gz", storage.padded(fixed_labels, 80.0).channels, padded.grid)
     assert cli.main(["batch", str(data), str(tmp_path / "batch"), "--mode", "affine", "--device", "cpu"]) == 0
     table = (tmp_path / "batch" / "metrics.csv").read_text().splitlines()

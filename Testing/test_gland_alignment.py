@@ -112,9 +112,8 @@ def test_before_metrics_of_a_gland_model_are_the_volume_centres(tmp_path):
     assert outcome["metrics_after"]["dice"] > outcome["metrics_before"]["dice"] + 0.2
 
 
-def test_localisers_can_work_on_their_own_grid_spacing():
-    """``localiser_spacing_mm`` sets the localisers' grid apart from the networks' grid: a
-    model whose nets work at 2 mm still runs 3 mm localisers at 3 mm, and finds the same glands."""
+def test_localisers_see_their_images_in_the_frame_at_the_network_spacing():
+    """Each localiser sees its image resampled into the model's frame at ``grid_spacing_mm``."""
     seen = []
 
     class Recording(Threshold):
@@ -124,93 +123,33 @@ def test_localisers_can_work_on_their_own_grid_spacing():
 
     fixed = torch.from_numpy(blob(FIXED, FIXED.center_lps + [4.0, -3.0, 2.0]))[None, None]
     moving = torch.from_numpy(blob(MOVING, MOVING.center_lps + [-6.0, 5.0, 3.0]))[None, None]
-    translations = []
-    for grid_mm, localiser_mm in ((3.0, None), (2.0, 3.0)):
-        model = RegistrationModel(ModelConfig(grid_spacing_mm=grid_mm, initial_alignment="gland", localiser=LOCALISER,
-                                              localiser_spacing_mm=localiser_mm))
-        model.localisers = nn.ModuleDict({"fixed": Recording(), "moving": Recording()})
-        translations.append(model.initial_lps(fixed, FIXED, moving, MOVING)[0, :3, 3])
-    frame = model.config.frame  # the localisers see each image in the model's frame
-    assert seen[0:2] == seen[2:4] == [FIXED.resampled(3.0, 1, frame).shape_zyx, MOVING.resampled(3.0, 1, frame).shape_zyx]
-    assert torch.equal(translations[0], translations[1])
-    assert ModelConfig.from_dict({"grid_spacing_mm": 2.5}).localiser_spacing == 2.5  # old model files
+    model = RegistrationModel(ModelConfig(grid_spacing_mm=2.5, initial_alignment="gland", localiser=LOCALISER))
+    model.localisers = nn.ModuleDict({"fixed": Recording(), "moving": Recording()})
+    model.initial_lps(fixed, FIXED, moving, MOVING)
+    frame = model.config.frame
+    assert seen == [FIXED.resampled(2.5, 1, frame).shape_zyx, MOVING.resampled(2.5, 1, frame).shape_zyx]
 
 
-def gland_input_model(calls=None):
-    """A gland model whose local net also sees the localisers' gland maps (Threshold localisers
-    that count their calls in ``calls``)."""
+def test_localisers_run_once_per_registration_and_only_for_the_gland_alignment():
+    """The gland alignment runs each localiser once (the maps serve the centroids and the overlap);
+    the other alignments never run them, in any mode: the networks see the images only."""
+    calls = []
 
     class Counting(Threshold):
         def forward(self, x):
-            if calls is not None:
-                calls.append(1)
+            calls.append(1)
             return super().forward(x)
 
-    torch.manual_seed(0)
-    model = RegistrationModel(ModelConfig(initial_alignment="gland", localiser=LOCALISER, local_gland_inputs=True,
-                                          local_net={"base_channels": 2, "levels": 2}))
+    model = gland_model()
     model.localisers = nn.ModuleDict({"fixed": Counting(), "moving": Counting()})
-    return model.eval()
-
-
-def test_local_net_sees_the_gland_maps_where_it_sees_the_images():
-    """With ``local_gland_inputs`` the local net's channels 3 and 4 are the localisers' maps,
-    sampled at the same physical points as the fixed image and the (initially aligned) moving
-    image: on bright blobs whose maps equal the images, channel 3 = channel 1 and 4 = 2."""
-    fixed = torch.from_numpy(blob(FIXED, FIXED.center_lps + [4.0, -3.0, 2.0]))[None, None]
-    moving = torch.from_numpy(blob(MOVING, MOVING.center_lps + [-6.0, 5.0, 3.0]))[None, None]
-    model = gland_input_model()
-    assert model.local_net.in_channels == 4
-    seen = []
-    model.local_net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-    initial = model.initial_lps(fixed, FIXED, moving, MOVING)
-    with torch.no_grad():
-        _, ddf, _, _ = model.forward_pair(fixed, FIXED, moving, MOVING, initial, "local")
-    x = seen[0]
-    assert x.shape[1] == 4 and ddf is not None
-    inside = x[:, 0] > 0.9  # well inside the fixed blob (3 mm maps are coarser than the images)
-    assert inside.any() and (x[:, 2][inside] > 0.5).float().mean() > 0.95
-    both = (x[:, 1] > 0.9)
-    assert both.any() and (x[:, 3][both] > 0.5).float().mean() > 0.95
-    # the initially aligned blobs overlap: the moving map lands on the fixed one
-    overlap = ((x[:, 2] > 0.5) & (x[:, 3] > 0.5)).sum() / (x[:, 2] > 0.5).sum()
-    assert overlap > 0.8
-
-
-def test_gland_maps_are_computed_once_per_registration_and_change_the_field():
-    calls = []
-    model = gland_input_model(calls)
+    model.config.gland_translation = "overlap"
     fixed = Volume(blob(FIXED, FIXED.center_lps + [4.0, -3.0, 2.0]), FIXED, "TRUS")
     moving = Volume(blob(MOVING, MOVING.center_lps + [-6.0, 5.0, 3.0]), MOVING, "MR")
     engine = RegistrationEngine(model, device="cpu")
-    result = engine.register(fixed, moving, mode="local")
-    assert len(calls) == 2  # one call per localiser, shared by the alignment and the local net
-    calls.clear()
-    engine.register(fixed, moving, mode="local", initial_alignment="centers")
-    assert len(calls) == 2  # the local net still needs the maps
-    calls.clear()
-    engine.register(fixed, moving, mode="affine", initial_alignment="centers")
-    assert calls == []  # nothing needs them
-    # the maps are real inputs: other maps, another field
-    f = torch.from_numpy(fixed.array)[None, None]
-    m = torch.from_numpy(moving.array)[None, None]
-    initial = torch.from_numpy(result.initial_lps).float()[None]
-    maps = model.gland_maps(f, FIXED, m, MOVING)
-    with torch.no_grad():
-        _, a, _, _ = model.forward_pair(f, FIXED, m, MOVING, initial, "local", gland_maps=maps)
-        _, same, _, _ = model.forward_pair(f, FIXED, m, MOVING, initial, "local")
-        other = ((1 - maps[0][0], maps[0][1]), maps[1])
-        _, b, _, _ = model.forward_pair(f, FIXED, m, MOVING, initial, "local", gland_maps=other)
-    assert torch.equal(a, same) and not torch.allclose(a, b)
-
-
-def test_gland_input_models_are_saved_loaded_and_checked(tmp_path):
-    with pytest.raises(ValueError, match="local_gland_inputs needs a localiser"):
-        ModelConfig(local_gland_inputs=True)
-    with pytest.raises(ValueError, match="set local_gland_inputs instead"):
-        ModelConfig(local_net={"base_channels": 4, "levels": 2, "in_channels": 4})
-    torch.manual_seed(0)
-    model = RegistrationModel(ModelConfig(initial_alignment="gland", localiser=LOCALISER, local_gland_inputs=True))
-    loaded, _ = load_model(save_model(tmp_path / "inputs.pt", model))
-    assert loaded.config.local_gland_inputs and loaded.local_net.in_channels == 4
-    assert RegistrationModel(ModelConfig.from_dict({"initial_alignment": "centers"})).local_net.in_channels == 2
+    for mode in ("affine", "deformable", "local"):
+        calls.clear()
+        engine.register(fixed, moving, mode=mode)
+        assert len(calls) == 2, mode
+        calls.clear()
+        engine.register(fixed, moving, mode=mode, initial_alignment="centers")
+        assert calls == [], mode

@@ -14,12 +14,9 @@ SMALL = {"base_channels": 2, "levels": 2}
 def small_model(seed=0):
     torch.manual_seed(seed)
     model = RegistrationModel(ModelConfig(grid_spacing_mm=4.0, global_net=dict(SMALL), local_net=dict(SMALL)))
-    with torch.no_grad():  # make every parameter and BN statistic matter
+    with torch.no_grad():  # make every parameter matter
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        for name, buffer in model.named_buffers():
-            if "running" in name:
-                buffer.uniform_(0.5, 1.5)
     return model.eval()
 
 
@@ -111,3 +108,66 @@ def test_unreadable_sidecar(tmp_path):
     sidecar_path(path).write_text("{not json")
     with pytest.raises(LabelRegError, match="unreadable model metadata"):
         load_model(path)
+
+
+def as_format_3(path, config_update=None, net_update=None):
+    """Rewrite a saved model as model format 3 wrote it: the options format 4 removed, at their
+    inert values unless ``config_update`` / ``net_update`` (into every network) say otherwise."""
+    checkpoint = torch.load(path, weights_only=True)
+    config = checkpoint["config"] | {"local_gland_inputs": False, "localiser_spacing_mm": None} | (config_update or {})
+    for net in ("global_net", "local_net"):
+        config[net] = config[net] | {"norm": "instance"} | (net_update or {})
+    config["global_net"] |= {"keypoints": 32, "ridge": 0.01} if "head" not in (net_update or {}) else {}
+    rewrite_consistently(path, {**checkpoint, "format_version": 3, "config": config}, {"format_version": 3, "config": config})
+
+
+def test_a_format_3_file_with_inert_removed_options_loads_and_registers_the_same(tmp_path):
+    """The removed options at the values under which they changed nothing (as in the bundled model,
+    format 3): the file loads with the same configuration and gives bit-identical outputs."""
+    model = small_model()
+    path = save_model(tmp_path / "m.pt", model)
+    as_format_3(path, {"localiser_spacing_mm": 4.0})  # equal to the network grid's: inert too
+    loaded, meta = load_model(path)
+    assert meta["format_version"] == 3 < FORMAT_VERSION
+    assert loaded.config == model.config
+    for a, b in zip(forward(model), forward(loaded)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("config_update, net_update, option", [
+    ({"local_gland_inputs": True}, None, "local_gland_inputs = True"),
+    ({"localiser_spacing_mm": 2.0}, None, "localiser_spacing_mm = 2.0"),
+    (None, {"head": "keypoints"}, "global_net.head = 'keypoints'"),
+    (None, {"dof": "translation"}, "global_net.dof = 'translation'"),
+    (None, {"norm": "batch"}, "global_net.norm = 'batch'"),
+])
+def test_a_file_that_used_a_removed_option_is_refused_in_one_line(tmp_path, config_update, net_update, option):
+    path = save_model(tmp_path / "m.pt", small_model())
+    as_format_3(path, config_update, net_update)
+    with pytest.raises(LabelRegError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: model option {option} was removed")
+    assert "retrain with the current recipe" in message and "labelreg <= 0.1" in message
+
+
+def test_the_bundled_model_loads_as_format_4():
+    """The bundled file (model format 3, every removed option inert) loads without a re-export."""
+    model, meta = load_model()
+    assert meta["format_version"] <= FORMAT_VERSION == 4
+    assert model.config.localiser is not None and model.config.gland_translation == "overlap"
+    assert set(model.config.local_net) == {"base_channels", "levels"}
+
+
+def test_a_configuration_spelling_out_a_removed_option_inertly_still_builds():
+    """Configurations written for format <= 3 spelt out ``"norm": "instance"`` in every network:
+    it is dropped; the batch norm it could select is gone, and refused by name."""
+    from labelreg.model import RetiredOptionError
+    config = ModelConfig(local_net={"base_channels": 4, "levels": 3, "norm": "instance"},
+                         global_net={"base_channels": 4, "levels": 3, "pooled_size": [2, 2, 2], "norm": "instance",
+                                     "head": "dense", "keypoints": 32})
+    assert config.local_net == {"base_channels": 4, "levels": 3}
+    assert config.global_net == {"base_channels": 4, "levels": 3, "pooled_size": [2, 2, 2]}
+    assert RegistrationModel(config) is not None
+    with pytest.raises(RetiredOptionError, match="local_net.norm = 'batch' was removed"):
+        ModelConfig(local_net={"base_channels": 4, "levels": 3, "norm": "batch"})

@@ -113,14 +113,14 @@ def test_gland_translation_options_are_checked():
 
 def test_a_model_file_of_format_1_still_loads_and_aligns_by_centroids(tmp_path):
     """Model files written before ``gland_translation`` (format 1) load as centroid models; a
-    format-3 file is what this LabelReg writes."""
+    format-4 file is what this LabelReg writes."""
     import json
 
     from labelreg.model import FORMAT_VERSION
     from labelreg.model_io import load_model, save_model, sha256_of, sidecar_path
     model = RegistrationModel(ModelConfig(initial_alignment="gland", localiser=LOCALISER, gland_translation="overlap"))
     path = save_model(tmp_path / "m.pt", model)
-    assert FORMAT_VERSION == 3 and load_model(path)[0].config.gland_translation == "overlap"
+    assert FORMAT_VERSION == 4 and load_model(path)[0].config.gland_translation == "overlap"
     old = torch.load(path, weights_only=True)
     old["format_version"] = 1
     old["config"] = {k: v for k, v in old["config"].items() if k not in ("gland_translation", "overlap_radius_mm")}

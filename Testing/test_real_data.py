@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from labelreg import resources
 from labelreg.cli import main
 from labelreg.metrics import dice, evaluate_pair
-from labelreg.model_io import BUNDLED_MODEL
 
 DATA = Path(os.environ.get("LABELREG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "mrus"))
 pytestmark = pytest.mark.skipif(not (DATA / "fixed_images" / "obs000.nii.gz").exists(), reason="no real data set")
@@ -17,7 +17,7 @@ def _files(name="obs000"):
     return {k: DATA / k / f"{name}.nii.gz" for k in ("fixed_images", "moving_images", "moving_labels", "fixed_labels")}
 
 
-@pytest.mark.skipif(not BUNDLED_MODEL.exists(), reason="no bundled model")
+@pytest.mark.skipif(not resources.BUNDLED_MODEL_FILE.exists(), reason="no bundled model")
 def test_bundled_model_registers_a_real_pair_better_than_the_initial_alignment(tmp_path):
     f = _files("obs000")
     fixed_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(f["fixed_labels"])))

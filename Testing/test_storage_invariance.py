@@ -17,17 +17,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from labelreg import cli, storage
+from labelreg import cli, resources, storage
 from labelreg.engine import RegistrationEngine
 from labelreg.grid import Grid
 from labelreg.io import read_image, read_labels, write_image, write_labels
 from labelreg.model import ModelConfig, RegistrationModel
-from labelreg.model_io import BUNDLED_MODEL
 from labelreg.phantom import rotation_matrix
 from labelreg.volume import Volume
 from labelreg.warp import sample
 
-SAMPLE = Path(cli.SAMPLE_DATA)
 OBLIQUE = rotation_matrix((0.3, -0.5, 0.8), 0.6)
 TOLERANCE = {"exact": (0.98, 0.5), "resampled": (0.97, 1.0)}  # (gland Dice >=, centroid shift <= mm)
 
@@ -38,15 +36,14 @@ def tolerance(variant: str) -> tuple:
 
 @pytest.fixture(scope="module")
 def sample_pair():
-    folder = SAMPLE
-    fixed = read_image(folder / "fixed_images" / "obs003.nii.gz")
-    moving = read_image(folder / "moving_images" / "obs003.nii.gz")
-    return fixed, moving, read_labels(folder / "moving_labels" / "obs003.nii.gz", moving.grid)
+    fixed = read_image(resources.sample_pair_file("fixed_images"))
+    moving = read_image(resources.sample_pair_file("moving_images"))
+    return fixed, moving, read_labels(resources.sample_pair_file("moving_labels"), moving.grid)
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return RegistrationEngine(BUNDLED_MODEL, "cpu")
+    return RegistrationEngine(resources.BUNDLED_MODEL_FILE, "cpu")
 
 
 @pytest.fixture(scope="module")

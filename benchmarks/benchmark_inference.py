@@ -6,10 +6,16 @@
 Uses a real pair from ``--data`` (or $LABELREG_DATA; public layout) if given, else a
 synthetic phantom; the bundled model if installed, else ``--model``, else an untrained model
 (same architecture, so the timings are the same). Prints medians over ``--runs`` runs after
-a warm-up: file I/O, preprocess, network, compose, warp (image + labels), the total per pair
+a warm-up: file I/O, preprocess, alignment, network, warp (image + labels), the total per pair
 excluding file I/O, batch throughput, peak memory and model size, and a baseline measured
 in the same run (the same pipeline in affine mode: global net only); for a model whose gland
-alignment uses the best overlap, also the same model from the gland centroids.
+alignment uses the best overlap, also the same model from the gland centroids. With pair files
+(``--data`` or the phantom written to disk), also whole ``labelreg register`` processes (import,
+model load, reading, registration, writing): median wall time and peak memory.
+
+Every time is also printed as a multiple of a reference measured in the same run (a plain
+16-channel 3x3x3 conv3d on a 32^3 volume, the networks' typical layer), so runs on other days and
+machines compare by ratio.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,20 +33,23 @@ from pathlib import Path
 
 import torch
 from labelreg import io as lio
+from labelreg import resources
 from labelreg.engine import RegistrationEngine
 from labelreg.model import RegistrationModel
-from labelreg.model_io import BUNDLED_MODEL, load_model, save_model
+from labelreg.model_io import load_model, save_model
 
-STAGES = ("preprocess", "alignment", "network", "compose", "warp")
+STAGES = ("preprocess", "alignment", "network", "warp")
 
 
 def _reader(fixed_path, moving_path, labels_path):
+    """A function that reads the pair's files again, returning (..., seconds); its ``paths``."""
     def read():
         start = time.perf_counter()
         fixed = lio.read_image(fixed_path, "fixed image")
         moving = lio.read_image(moving_path, "moving image")
         labels = lio.read_labels(labels_path, moving.grid, "moving labels")
         return fixed, moving, labels, time.perf_counter() - start
+    read.paths = {"fixed_images": fixed_path, "moving_images": moving_path, "moving_labels": labels_path}
     return read
 
 
@@ -64,8 +74,8 @@ def load_pair(data, case, tmp, skip_io=False):
 
 def get_model(path):
     """(model, description, file size in bytes)."""
-    if path or BUNDLED_MODEL.exists():
-        path = Path(path) if path else BUNDLED_MODEL
+    if path or resources.BUNDLED_MODEL_FILE.exists():
+        path = Path(path) if path else resources.BUNDLED_MODEL_FILE
         model, _ = load_model(path)
         return model, str(path), path.stat().st_size
     torch.manual_seed(0)
@@ -73,6 +83,40 @@ def get_model(path):
     with tempfile.TemporaryDirectory() as tmp:
         size = save_model(Path(tmp) / "untrained.pt", model).stat().st_size
     return model, "untrained (no bundled model yet; same architecture)", size
+
+
+def reference_seconds(runs: int = 50) -> float:
+    """Median time of the reference operation: conv3d 16 -> 16 channels, 3x3x3, on (1, 16, 32, 32, 32)."""
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1)
+    x = torch.randn(1, 16, 32, 32, 32)
+    times = []
+    with torch.inference_mode():
+        for index in range(runs + 5):
+            start = time.perf_counter()
+            conv(x)
+            if index >= 5:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def process_times(paths: dict, model, threads: int, runs: int) -> tuple:
+    """(median wall seconds, peak MB) of ``labelreg register`` processes on the pair's files."""
+    labelreg = Path(sys.executable).with_name("labelreg")
+    walls, peaks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(runs):
+            command = [str(labelreg), "register", "--fixed", str(paths["fixed_images"]),
+                       "--moving", str(paths["moving_images"]), "--moving-labels", str(paths["moving_labels"]),
+                       "--output-dir", f"{tmp}/out{index}", "--threads", str(threads)]
+            command += ["--model", str(model)] if model else []
+            start = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(process.pid, 0)
+            walls.append(time.perf_counter() - start)
+            if os.waitstatus_to_exitcode(status):
+                raise SystemExit(f"labelreg register failed: {process.stderr.read().decode()}")
+            peaks.append(usage.ru_maxrss / 1024)
+    return statistics.median(walls), max(peaks)
 
 
 def median_times(engine, pairs, mode, runs, warmup=2):
@@ -102,9 +146,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    reference = reference_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         fixed, moving, labels, description, read = load_pair(args.data, args.case, tmp, args.skip_io)
         io_times = [read()[3] for _ in range(max(3, args.runs // 2))] if read else []
+        process = process_times(read.paths, args.model, args.threads, 5) if read and args.device == "cpu" else None
     model, model_name, model_bytes = get_model(args.model)
     engine = RegistrationEngine(model, device=args.device, threads=args.threads)
     net_grid = model.network_grid(fixed.grid)
@@ -129,10 +175,11 @@ def main(argv=None) -> int:
     rows = [("load (file I/O)", statistics.median(io_times), None)] if io_times else []
     rows += [(f"{s}" + (" (image+labels)" if s == "warp" else ""), stages[s], affine_stages[s]) for s in STAGES]
     rows += [("total per pair (no I/O)", total, affine_total)]
-    print(f"{'stage':28s}{'deformable':>12s}{'affine (baseline)':>20s}")
+    print(f"reference: conv3d 16 -> 16, 3x3x3 on 32^3: {reference * 1000:.2f} ms (x ref: a time / this one)\n")
+    print(f"{'stage':28s}{'deformable':>12s}{'x ref':>8s}{'affine (baseline)':>20s}{'x ref':>8s}")
     for name, value, base in rows:
-        base_text = "" if base is None else f"{base * 1000:15.1f} ms"
-        print(f"{name:28s}{value * 1000:9.1f} ms{base_text:>20s}")
+        base_text = "" if base is None else f"{base * 1000:15.1f} ms{base / reference:8.1f}"
+        print(f"{name:28s}{value * 1000:9.1f} ms{value / reference:8.1f}{base_text}")
     print(f"{'deformable / affine':28s}{total / affine_total:10.2f} x")
     if centroid:
         print(f"{'alignment from centroids':28s}{centroid[1]['alignment'] * 1000:9.1f} ms   (the same model, "
@@ -142,6 +189,9 @@ def main(argv=None) -> int:
     print(f"{'throughput, batch 1':28s}{1 / total:9.2f} pairs/s")
     print(f"{f'throughput, batch {args.batch}':28s}{args.batch / batched:9.2f} pairs/s")
     print(f"{'peak RSS':28s}{peak_mb:9.0f} MB")
+    if process:
+        print(f"{'labelreg register process':28s}{process[0] * 1000:9.1f} ms{process[0] / reference:8.1f}   "
+              f"(median of 5: import, model load, read, register, write); peak RSS {process[1]:.0f} MB")
     if engine.device.type == "cuda":
         print(f"{'peak GPU memory':28s}{torch.cuda.max_memory_allocated() / 2**20:9.0f} MB")
     return 0

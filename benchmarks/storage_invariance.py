@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from labelreg import storage
-from labelreg.cli import SAMPLE_DATA
+from labelreg import resources, storage
 from labelreg.engine import RegistrationEngine
 from labelreg.io import read_image, read_labels
 from labelreg.metrics import evaluate_pair
-from labelreg.model_io import BUNDLED_MODEL, read_metadata
+from labelreg.model_io import read_metadata
 from labelreg.volume import Volume
 
 
@@ -43,12 +42,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("LABELREG_DATA"))
     parser.add_argument("--cases", nargs="*")
-    parser.add_argument("--model", default=str(BUNDLED_MODEL))
+    parser.add_argument("--model", default=str(resources.BUNDLED_MODEL_FILE))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = args.data or SAMPLE_DATA
-    cases = args.cases or (read_metadata(args.model)["split"]["val_cases"] if args.data else ["obs003"])
+    data = args.data or resources.SAMPLE_PAIR_DIR
+    cases = args.cases or (read_metadata(args.model)["split"]["val_cases"] if args.data else [resources.SAMPLE_PAIR_NAME])
     pairs = load_cases(data, cases)
     engine = RegistrationEngine(args.model, "cpu")
     reference = {}

@@ -2,11 +2,14 @@
 
 Examples::
 
-    labelreg-train fit --data ../shared/data/mrus --out runs/fold0/global --stage global --steps 3000
-    labelreg-train fit --data ../shared/data/mrus --out runs/fold0/local --stage local --steps 6000 \\
-        --init-from runs/fold0/global/checkpoint.pt
-    labelreg-train evaluate --data ../shared/data/mrus --checkpoint runs/fold0/local/checkpoint.pt --fold 0
-    labelreg-train export --checkpoint runs/fold0/local/checkpoint.pt --metrics runs/fold0/local/eval.json
+    labelreg-train fit --data ../shared/data/mrus --config LabelRegTraining/configs/gland_alignment.json \\
+        --out runs/fold0/localiser --stage localiser --steps 1500 --lr 1e-3
+    labelreg-train fit --data ../shared/data/mrus --config LabelRegTraining/configs/gland_overlap.json \\
+        --out runs/fold0/local_only --stage local_only --steps 600 --lr 1e-3 --init-from runs/fold0/localiser/best.pt
+    labelreg-train evaluate --data ../shared/data/mrus --checkpoint runs/fold0/local_only/best.pt --mode local
+    labelreg-train export --checkpoint runs/fold0/local_only/best.pt --metrics runs/fold0/local_only/eval.json
+
+(the bundled recipe, one fold: LabelRegTraining/scripts/train_gland_fold.sh)
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from labelreg.choices import GLAND_TRANSLATIONS, MODES
 from labelreg.errors import LabelRegError
 
 
@@ -33,31 +37,14 @@ def _add_fit(sub):
             continue
         flag = "--" + ("out" if f.name == "out_dir" else f.name.replace("_", "-"))
         p.add_argument(flag, dest=f.name, type=type(value), default=None, help=f"default {value!r}")
-    p.add_argument("--grid-spacing-mm", type=float, help="network grid spacing (model)")
-    p.add_argument("--local-channels", type=int, help="local net base channels (model)")
-    p.add_argument("--global-channels", type=int, help="global net base channels (model)")
 
 
 def _fit(args) -> int:
     from .data import load_dataset
     from .evaluate import validation_callback
-    from .train import STAGES, TrainConfig, train
+    from .train import STAGES, train
 
-    values = json.loads(Path(args.config).read_text()) if args.config else {}
-    if args.resume and not args.config:
-        saved = Path(args.out_dir or TrainConfig.out_dir) / "config.json"
-        if saved.exists():
-            values = {k: v for k, v in json.loads(saved.read_text()).items() if k in TrainConfig.__dataclass_fields__}
-    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None})
-    cfg = TrainConfig(**values)
-    for flag, key, sub in (("grid_spacing_mm", "grid_spacing_mm", None), ("local_channels", "local_net", "base_channels"),
-                           ("global_channels", "global_net", "base_channels")):
-        value = getattr(args, flag)
-        if value is not None:
-            if sub:
-                cfg.model[key] = dict(cfg.model[key], **{sub: value})
-            else:
-                cfg.model[key] = value
+    cfg = _fit_config(args)
     data = load_dataset(args.data, args.cache_dir, cfg.model.get("intensity_percentiles", (1.0, 99.0)))
     evaluate_fn = validation_callback(data, STAGES[cfg.stage])
     path = train(cfg, data, resume=args.resume, evaluate_fn=evaluate_fn)
@@ -66,6 +53,26 @@ def _fit(args) -> int:
         dist.destroy_process_group()
     print(f"checkpoint: {path}")
     return 0
+
+
+def _fit_config(args):
+    """The stage's TrainConfig: ``--config`` (or, resuming without it, the run's config.json), then
+    the command-line flags; a config that uses a removed option is refused in one line."""
+    from .train import TrainConfig, retire_options
+
+    source = Path(args.config) if args.config else None
+    if args.resume and not args.config:
+        saved = Path(args.out_dir or TrainConfig.out_dir) / "config.json"
+        source = saved if saved.exists() else None
+    try:
+        values = retire_options(json.loads(source.read_text())) if source else {}
+        if source is not None and not args.config:  # a run's config.json also records its cases
+            values = {k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__}
+        values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                       if getattr(args, f.name, None) is not None})
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise LabelRegError(f"{source or 'fit'}: {exc}") from None
 
 
 def _evaluate(args) -> int:
@@ -117,7 +124,7 @@ def _inference_options(args) -> dict:
 
 
 def _add_inference_options(p):
-    p.add_argument("--gland-translation", choices=("centroid", "overlap"),
+    p.add_argument("--gland-translation", choices=GLAND_TRANSLATIONS,
                    help="how the gland alignment matches the two predicted glands (default: the checkpoint's): "
                         "centroid to centroid, or the best overlap of the two gland maps")
 
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--data", help="data folder (public layout); evaluate also takes a data cache file (cache-*.pt)")
         p.add_argument("--checkpoint", help="training checkpoint (evaluate); none = initial alignment only")
-        p.add_argument("--mode", default="deformable", choices=["affine", "deformable", "local"])
+        p.add_argument("--mode", default="deformable", choices=MODES)
         p.add_argument("--folds", type=int, default=5)
         p.add_argument("--fold", type=int, default=0)
         p.add_argument("--seed", type=int, default=0)
@@ -220,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="baseline: SimpleITK or elastix (pip install itk-elastix)")
         if name == "evaluate":
             _add_inference_options(p)
-    p = sub.add_parser("export", help="write the model and metadata into the module's Resources")
+    p = sub.add_parser("export", help="write the model and metadata as the bundled model of the labelreg package")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--metrics", nargs="*", default=[], help="evaluation JSON files to record")
     p.add_argument("--data", help="data folder, recorded with its fingerprint")

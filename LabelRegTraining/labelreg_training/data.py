@@ -18,35 +18,27 @@ import numpy as np
 import torch
 from labelreg.errors import LabelRegError
 from labelreg.grid import Grid
-from labelreg.io import AtomicFile, read_image, read_labels
+from labelreg.io import AtomicFile
+from labelreg.layout import FOLDERS, complete_pairs
 from labelreg.model import normalize_intensity
 
-FOLDERS = ("fixed_images", "moving_images", "fixed_labels", "moving_labels")
 CACHE_VERSION = 2
 #: default share of the training subjects held out to pick checkpoints
 TUNE_FRACTION = 0.15
 
 
 def resolve_data_dir(path=None) -> Path:
+    """``path``, or $LABELREG_DATA, checked to be a complete data set in the public layout."""
     path = path or os.environ.get("LABELREG_DATA")
     if not path:
         raise LabelRegError("no data folder: pass --data DIR or set LABELREG_DATA")
-    path = Path(path)
-    missing = [f for f in FOLDERS if not (path / f).is_dir()]
-    if missing:
-        raise LabelRegError(f"{path}: not a data folder in the public layout (missing {', '.join(missing)}/)")
-    return path
+    complete_pairs(path)
+    return Path(path)
 
 
 def case_names(data_dir: Path) -> list:
-    names = sorted(p.name[: -len(".nii.gz")] for p in (data_dir / "fixed_images").glob("*.nii.gz"))
-    if not names:
-        raise LabelRegError(f"{data_dir}/fixed_images: no .nii.gz files")
-    for folder in FOLDERS[1:]:
-        absent = [n for n in names if not (data_dir / folder / f"{n}.nii.gz").exists()]
-        if absent:
-            raise LabelRegError(f"{data_dir}/{folder}: missing {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
-    return names
+    """The data set's pair names (:func:`labelreg.layout.complete_pairs`: every pair has all four files)."""
+    return [pair.name for pair in complete_pairs(data_dir)]
 
 
 def read_subjects(data_dir: Path, names: list) -> dict:
@@ -96,16 +88,11 @@ def fold_cases(subjects: dict, folds: int, fold: int, seed: int = 0, split: str 
     return kfold_by_subject(subjects, folds, fold, seed)[1] if folds > 1 else sorted(subjects)
 
 
-def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0,
-                train_fraction: float = 1.0) -> tuple:
+def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fraction: float = 0.0) -> tuple:
     """(train, tune, val) case lists. ``val`` is fold ``fold`` of :func:`kfold_by_subject` (all
     cases for ``folds <= 1``: no validation); ``tune`` takes about ``tune_fraction`` of the
     remaining subjects (at least one when the fraction is positive) for checkpoint selection,
-    so that validation subjects are never used to pick a model. ``train_fraction`` < 1 keeps a
-    seeded share of the training subjects (at least one), the smaller shares nested in the larger
-    ones, for learning curves; tune and validation cases do not change with it."""
-    if not 0.0 < train_fraction <= 1.0:
-        raise LabelRegError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    so that validation subjects are never used to pick a model."""
     if folds > 1:
         train, val = kfold_by_subject(subjects, folds, fold, seed)
     else:
@@ -116,10 +103,7 @@ def split_cases(subjects: dict, folds: int, fold: int, seed: int = 0, tune_fract
         raise LabelRegError(f"tune_fraction {tune_fraction} leaves no training subjects ({len(ids)} available)")
     rng = np.random.default_rng(seed + 1)
     tune_ids = set(rng.permutation(ids)[:n_tune].tolist())
-    train_ids = [i for i in ids if i not in tune_ids]
-    kept = set(np.random.default_rng(seed + 2).permutation(train_ids)[:max(1, round(train_fraction * len(train_ids)))]
-               .tolist())
-    return ([c for c in train if subjects[c] in kept], [c for c in train if subjects[c] in tune_ids], val)
+    return ([c for c in train if subjects[c] not in tune_ids], [c for c in train if subjects[c] in tune_ids], val)
 
 
 @dataclass
@@ -144,12 +128,12 @@ class Dataset:
         return [self.cases[n] for n in names]
 
 
-def _fingerprint(data_dir: Path, names: list) -> str:
+def _fingerprint(pairs: list) -> str:
     digest = hashlib.sha256()
-    for n in names:
+    for pair in pairs:
         for folder in FOLDERS:
-            st = (data_dir / folder / f"{n}.nii.gz").stat()
-            digest.update(f"{folder}/{n}:{st.st_size}:{int(st.st_mtime)}".encode())
+            st = Path(pair.paths[folder]).stat()
+            digest.update(f"{folder}/{pair.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -162,19 +146,18 @@ def load_dataset(data_dir=None, cache_dir=None, percentiles=(1.0, 99.0), log=pri
     if data_dir is not None and Path(data_dir).is_file():
         return _from_cache(Path(data_dir))
     data_dir = resolve_data_dir(data_dir)
-    names = case_names(data_dir)
+    pairs = complete_pairs(data_dir)
+    names = [pair.name for pair in pairs]
     subjects = read_subjects(data_dir, names)
-    fingerprint = _fingerprint(data_dir, names) + f"-p{percentiles[0]:g}-{percentiles[1]:g}-v{CACHE_VERSION}"
+    fingerprint = _fingerprint(pairs) + f"-p{percentiles[0]:g}-{percentiles[1]:g}-v{CACHE_VERSION}"
     cache = Path(cache_dir) / f"cache-{fingerprint}.pt" if cache_dir else None
     if cache is not None and cache.exists():
         return _from_cache(cache)
 
     cases, fixed_grid, moving_grid = {}, None, None
-    for n in names:
-        f = read_image(data_dir / "fixed_images" / f"{n}.nii.gz", "fixed image")
-        m = read_image(data_dir / "moving_images" / f"{n}.nii.gz", "moving image")
-        fl = read_labels(data_dir / "fixed_labels" / f"{n}.nii.gz", f.grid, "fixed labels")
-        ml = read_labels(data_dir / "moving_labels" / f"{n}.nii.gz", m.grid, "moving labels")
+    for pair in pairs:
+        n = pair.name
+        f, m, ml, fl = pair.read()
         if fl.channels.shape[0] != ml.channels.shape[0]:
             raise LabelRegError(f"{n}: {fl.channels.shape[0]} fixed label channels but {ml.channels.shape[0]} moving ones")
         fixed_grid = fixed_grid or f.grid

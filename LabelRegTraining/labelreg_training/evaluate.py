@@ -3,26 +3,18 @@ engine the command line and the Slicer module use."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from labelreg.engine import RegistrationEngine
-from labelreg.io import read_image, read_labels
+from labelreg.layout import complete_pairs
 from labelreg.metrics import evaluate_pair, summarize
 from labelreg.volume import Volume
 
 
 def load_pairs(data_dir, names) -> list:
     """[(name, fixed, moving, moving_labels, fixed_labels)] read from the original files."""
-    data_dir = Path(data_dir)
-    pairs = []
-    for n in names:
-        fixed = read_image(data_dir / "fixed_images" / f"{n}.nii.gz", "fixed image")
-        moving = read_image(data_dir / "moving_images" / f"{n}.nii.gz", "moving image")
-        pairs.append((n, fixed, moving,
-                      read_labels(data_dir / "moving_labels" / f"{n}.nii.gz", moving.grid, "moving labels"),
-                      read_labels(data_dir / "fixed_labels" / f"{n}.nii.gz", fixed.grid, "fixed labels")))
-    return pairs
+    files = {pair.name: pair for pair in complete_pairs(data_dir)}
+    return [(n, *files[n].read()) for n in names]
 
 
 def predicted_gland_maps(model, fixed: Volume, moving: Volume) -> tuple:

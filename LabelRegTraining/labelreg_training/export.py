@@ -1,5 +1,6 @@
-"""Export a training checkpoint as a model file + metadata sidecar (by default into the Slicer
-module's ``Resources/Models``), recording provenance and measured metrics."""
+"""Export a training checkpoint as a model file + metadata sidecar (by default over the model
+bundled with the ``labelreg`` package, ``labelreg.resources.BUNDLED_MODEL_FILE``), recording
+provenance and measured metrics."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from labelreg import resources
 from labelreg.domain import describe_domain
 from labelreg.io import read_image
-from labelreg.model_io import BUNDLED_MODEL, save_model
+from labelreg.model_io import save_model
 
 from .data import case_names, resolve_data_dir
 from .train import load_checkpoint
@@ -25,8 +27,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-TRAINING_KEYS = ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "dice_weight", "ce_weight",
-                 "bending_weight", "smoothing_mm", "init_from", "augment")
+TRAINING_KEYS = ("stage", "steps", "batch_size", "lr", "folds", "fold", "seed", "bending_weight", "init_from",
+                 "augment")
 
 
 def stage_chain(checkpoint, state: dict | None = None) -> list:
@@ -90,4 +92,4 @@ def export_model(checkpoint, out=None, metrics_files=(), data_dir=None, argv=(),
             "cases": len(case_names(path)),
         }
         metadata["training_domain"] = training_domain(model, path, metadata["split"]["train_cases"] or case_names(path))
-    return save_model(Path(out) if out else BUNDLED_MODEL, model, metadata)
+    return save_model(Path(out) if out else resources.BUNDLED_MODEL_FILE, model, metadata)

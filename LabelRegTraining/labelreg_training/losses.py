@@ -1,9 +1,5 @@
 """Training losses of the label-driven method, in physical units.
 
-* :func:`smooth_label`: the paper's label smoothing, foreground stays 1, background gets a
-  spatially smoothed probability.
-* :func:`weighted_cross_entropy`: binary cross-entropy with foreground and background each
-  normalised to weight 1/2, so a 20-voxel landmark weighs as much as the gland.
 * :func:`multiscale_dice`: 1 - mean soft Dice over several Gaussian scales (mm).
 * :func:`bending_energy`: mean squared second derivatives of the displacement, in 1/mm^2.
 All take (B, 1, D, H, W) label maps on one isotropic-or-not grid with spacing in mm.
@@ -48,31 +44,6 @@ def gaussian_blur(x: torch.Tensor, sigma_mm: float, spacing) -> torch.Tensor:
     return x
 
 
-def smooth_label(label: torch.Tensor, sigma_mm: float, spacing) -> torch.Tensor:
-    """Foreground stays 1; background gets the blurred label as a probability."""
-    if sigma_mm <= 0:
-        return label
-    return torch.maximum(label, gaussian_blur(label, sigma_mm, spacing))
-
-
-def _weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean of (N,) per-sample values, or their ``weights``-weighted mean."""
-    return per_sample.mean() if weights is None else (per_sample * weights).sum() / weights.sum()
-
-
-def weighted_cross_entropy(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy with foreground and background mass each normalised to 1/2.
-
-    ``target`` may be soft (smoothed); the weights use its mass. ``weights`` (N,) weighs the
-    samples of the batch (default: equally).
-    """
-    pred = pred.clamp(EPS, 1 - EPS)
-    dims = tuple(range(1, pred.dim()))
-    fg = (target * torch.log(pred)).sum(dims) / target.sum(dims).clamp(min=EPS)
-    bg = ((1 - target) * torch.log(1 - pred)).sum(dims) / (1 - target).sum(dims).clamp(min=EPS)
-    return -_weighted_mean(fg + bg, weights) / 2
-
-
 def soft_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample soft Dice (B,) with squared terms in the denominator, 2<p,t> / (|p|^2 + |t|^2),
     which is 1 exactly when p = t, also for soft (blurred) maps."""
@@ -81,12 +52,10 @@ def soft_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (2 * inter + EPS) / (pred.pow(2).sum(dims) + target.pow(2).sum(dims) + EPS)
 
 
-def multiscale_dice(pred: torch.Tensor, target: torch.Tensor, spacing, sigmas_mm=(0, 1.5, 3, 6, 12),
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
-    """1 - mean over scales and batch of soft Dice between Gaussian-blurred maps; ``weights``
-    (N,) weighs the samples of the batch (default: equally)."""
+def multiscale_dice(pred: torch.Tensor, target: torch.Tensor, spacing, sigmas_mm=(0, 1.5, 3, 6, 12)) -> torch.Tensor:
+    """1 - mean over scales and batch of soft Dice between Gaussian-blurred maps."""
     scores = [soft_dice(gaussian_blur(pred, s, spacing), gaussian_blur(target, s, spacing)) for s in sigmas_mm]
-    return 1 - _weighted_mean(torch.stack(scores).mean(0), weights)
+    return 1 - torch.stack(scores).mean(0).mean()
 
 
 def bending_energy(ddf: torch.Tensor, spacing) -> torch.Tensor:

@@ -6,17 +6,21 @@
 #
 # DATA is a data folder (public layout) or a data cache file. Per-stage flags come from
 # LOCALISER_ARGS and LOCAL_ARGS (defaults: the bundled model's CPU recipe), the model from
-# CONFIG (default: LabelRegTraining/configs/gland_alignment.json). With LOCALISER=PATH the
-# localiser stage is skipped and the local net starts from that checkpoint (another seed of the
-# local stage on the same localisers). LABELREG_TRAIN overrides the command (default: labelreg-train).
-config=${CONFIG:-$(dirname "$0")/../configs/gland_alignment.json}
+# LOCALISER_CONFIG (default: LabelRegTraining/configs/gland_alignment.json) and LOCAL_CONFIG
+# (default: LabelRegTraining/configs/gland_overlap.json, the gland translation by best overlap);
+# CONFIG sets both. With LOCALISER=PATH the localiser stage is skipped and the local net starts
+# from that checkpoint (another seed of the local stage on the same localisers). LABELREG_TRAIN
+# overrides the command (default: labelreg-train).
+configs=$(dirname "$0")/../configs
 # shellcheck source=fold_args.sh
 . "$(dirname "$0")/fold_args.sh"
 localiser=${LOCALISER:-$out/localiser/best.pt}
 if [ -z "${LOCALISER:-}" ]; then
+    config=${LOCALISER_CONFIG:-${CONFIG:-$configs/gland_alignment.json}}
     # shellcheck disable=SC2086 # the *_ARGS are flag lists
     fit --out "$out/localiser" --stage localiser ${LOCALISER_ARGS:---steps 1500 --lr 1e-3 --lr-final 3e-5 --val-every 250} "$@"
 fi
+config=${LOCAL_CONFIG:-${CONFIG:-$configs/gland_overlap.json}}
 # shellcheck disable=SC2086
 fit --out "$out/local_only" --stage local_only --init-from "$localiser" \
     ${LOCAL_ARGS:---steps 600 --lr 1e-3 --lr-final 3e-5 --val-every 150} "$@"

@@ -1,8 +1,10 @@
 """Running the registration engine for the module: loaded models kept between runs, device
-choice with a CPU fallback, and a CPU retry when the GPU runs out of memory.
+choice with a CPU fallback, and a CPU retry when the GPU runs out of memory; the request and
+outcome records that travel between Slicer and the worker process.
 
-No ``slicer`` import: this runs in the worker thread on plain :class:`labelreg.volume.Volume`
-inputs and returns plain results.
+No ``slicer`` import, and no ``torch`` import at module level: :class:`EngineCache` runs in the
+worker process (``registration_worker.py``) on plain :class:`labelreg.volume.Volume` inputs;
+the records are also used in Slicer.
 """
 from __future__ import annotations
 
@@ -35,8 +37,25 @@ class RegistrationRequest:
 
 
 @dataclass
+class WorkerResult:
+    """The arrays and numbers of a :class:`labelreg.engine.RegistrationResult`, as they come back
+    from the worker process (same attribute names; the transform object stays in the worker)."""
+
+    affine_lps: np.ndarray                  # (4, 4) fixed -> moving, LPS
+    fixed_grid: object                      # labelreg Grid of the outputs
+    mode: str
+    device: str
+    ddf_lps: np.ndarray | None = None       # (z, y, x, 3) mm, LPS
+    warped_moving: np.ndarray | None = None  # (z, y, x)
+    warped_labels: np.ndarray | None = None  # (C, z, y, x) in [0, 1]
+    timings: dict = field(default_factory=dict)
+    initial_lps: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
 class RegistrationOutcome:
-    result: object            # labelreg.engine.RegistrationResult
+    result: object            # labelreg.engine.RegistrationResult (worker) or WorkerResult (Slicer)
     seconds: float
     device: str
     notes: list
@@ -58,6 +77,7 @@ class LabelRegOutputs:
     volumeNode: object | None
     outcome: RegistrationOutcome
     latency: float | None = None
+    fixedVolumeNode: object | None = None
 
     @property
     def summary(self) -> str:

@@ -222,6 +222,20 @@ def fillSegmentation(segmentationNode, channels: np.ndarray, grid: Grid, names, 
     return segmentationNode
 
 
+def addLabelSegmentation(name: str, labels: Volume):
+    """A new segmentation node ``name`` with one segment per label channel: "gland" (channel 0),
+    then "landmark 1", "landmark 2", ... (the data set's channel order)."""
+    segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    names = ["gland"] + [f"landmark {c}" for c in range(1, labels.channels.shape[0])]
+    return fillSegmentation(segmentationNode, labels.channels, labels.grid, names)
+
+
+def addVolume(name: str, volume: Volume):
+    """A new scalar volume node ``name`` holding a library :class:`Volume`."""
+    return setVolumeArray(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name), volume.array,
+                          volume.grid)
+
+
 def setVolumeArray(volumeNode, array: np.ndarray, grid: Grid):
     """Put a (z, y, x) array on ``grid`` into a scalar volume node (world geometry, no parent)."""
     volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRasFromGrid(grid)))
@@ -320,4 +334,4 @@ def writeOutputs(request, outcome):
         volumeNode = output("outputVolumeNode", "vtkMRMLScalarVolumeNode", "resampled")
         setVolumeArray(volumeNode, result.warped_moving, result.fixed_grid)
         volumeNode.CreateDefaultDisplayNodes()
-    return LabelRegOutputs(affineNode, transformNode, segmentationNode, volumeNode, outcome)
+    return LabelRegOutputs(affineNode, transformNode, segmentationNode, volumeNode, outcome, fixedVolumeNode=fixedNode)

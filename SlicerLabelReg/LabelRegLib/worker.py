@@ -1,58 +1,66 @@
-"""Background registration without freezing Slicer, and live-update coalescing.
+"""Registrations without freezing Slicer, and live-update coalescing, over the worker process.
 
-A job has three steps: ``prepare()`` (main thread: snapshot the scene into plain arrays),
-``compute(request, progress, cancel)`` (a Python thread: the network; torch releases the GIL)
-and ``apply(request, outcome)`` (main thread: write the output nodes). At most one job is in
-flight; a job submitted meanwhile waits in a single slot, and a newer one replaces it, so a
-burst of frames costs at most two registrations and the newest frame always wins. Because
+A job has two steps in Slicer: ``prepare()`` (main thread: snapshot the scene into a
+RegistrationRequest of plain arrays) and ``apply(request, outcome)`` (main thread: write the
+output nodes); in between, the worker process (``process.py``) registers the pair. At most one
+job is in flight; a job submitted meanwhile waits in a single slot, and a newer one replaces it,
+so a burst of frames costs at most two registrations and the newest frame always wins. Because
 ``prepare`` runs only when a job starts, the waiting job reads the newest frame.
 
 Results reach the main thread through :meth:`LatestJobRunner.poll`: in Slicer a ``QTimer``
 calls it every few tens of milliseconds while a job runs; scripts and tests call
-:meth:`LatestJobRunner.wait`, which polls in a loop (the blocking path).
+:meth:`LatestJobRunner.wait`. :meth:`LatestJobRunner.run` is the blocking path for one request.
+:meth:`LatestJobRunner.cancel` kills the worker process: the job stops at once and the scene
+is left as it was.
 
 No ``slicer``, ``qt`` or ``torch`` import here.
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable
 
 
 class _Job:
-    def __init__(self, prepare, compute, apply, onError):
-        self.prepare, self.compute, self.apply, self.onError = prepare, compute, apply, onError
-        self.cancelEvent = threading.Event()
-        self.progress = (0.0, "waiting")
+    """One registration: what the worker process reports about it."""
+
+    def __init__(self, prepare=None, apply=None, onError=None):
+        self.prepare, self.apply, self.onError = prepare, apply, onError
         self.request = self.outcome = self.error = None
-        self.thread: threading.Thread | None = None
+        self.progressValue = (0.0, "waiting for the worker")
+        self.cancelled = self.accepted = self.resent = False
         self.startedAt = 0.0
 
-    def _run(self):
-        try:
-            self.outcome = self.compute(self.request, self._progress, self.cancelEvent.is_set)
-        except BaseException as exc:  # noqa: BLE001 - delivered to the main thread by poll()
-            self.error = exc
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None or self.error is not None
 
-    def _progress(self, fraction, message):
-        self.progress = (float(fraction), str(message))
+    def progress(self, fraction, message):
+        self.progressValue = (float(fraction), str(message))
+
+    def finish(self, outcome):
+        self.outcome = outcome
+
+    def fail(self, error):
+        self.error = error
 
 
 class LatestJobRunner:
-    """Runs one job at a time in a thread; keeps only the newest waiting job.
+    """Runs one job at a time in the worker process; keeps only the newest waiting job.
 
     Args:
+        worker: callable returning the :class:`LabelRegLib.process.WorkerProcess` to use.
         timerFactory: optional callable returning a Qt-like timer (``timeout.connect``,
             ``start(ms)``, ``stop()``); it drives :meth:`poll` while a job runs.
         onProgress: ``onProgress(fraction, message, elapsedSeconds)`` on the main thread, for a
-            running job that was not cancelled.
+            running job.
         onIdle: ``onIdle()`` on the main thread when the last job has finished or was cancelled.
         intervalMs: polling interval of the timer.
     """
 
-    def __init__(self, timerFactory: Callable | None = None, onProgress: Callable | None = None,
-                 onIdle: Callable | None = None, intervalMs: int = 50):
+    def __init__(self, worker: Callable, timerFactory: Callable | None = None, onProgress: Callable | None = None,
+                 onIdle: Callable | None = None, intervalMs: int = 20):
+        self._worker = worker
         self.onProgress = onProgress
         self.onIdle = onIdle
         self.intervalMs = intervalMs
@@ -65,6 +73,11 @@ class LatestJobRunner:
             self._timer.timeout.connect(self.poll)
 
     @property
+    def process(self):
+        """The worker process (started on the first job)."""
+        return self._worker()
+
+    @property
     def busy(self) -> bool:
         return self._running is not None or self._pending is not None
 
@@ -72,31 +85,43 @@ class LatestJobRunner:
     def elapsed(self) -> float:
         return time.perf_counter() - self._running.startedAt if self._running else 0.0
 
-    def submit(self, prepare: Callable, compute: Callable, apply: Callable, onError: Callable | None = None):
+    def submit(self, prepare: Callable, apply: Callable, onError: Callable | None = None) -> None:
         """Queue a job; it starts now if nothing runs, else it replaces any waiting job."""
-        job = _Job(prepare, compute, apply, onError)
+        job = _Job(prepare, apply, onError)
         if self._running is None:
             self._start(job)
         else:
             self._pending = job
-        if self._timer is not None:
+        if self._timer is not None and self.busy:
             self._timer.start(self.intervalMs)
+        if not self.busy and self.onIdle is not None:
+            self.onIdle()
 
     def cancel(self) -> None:
-        """Drop the waiting job and ask the running one to stop (its results are discarded)."""
+        """Drop the waiting job and stop the running one now (the worker process is killed and
+        restarted on the next job); nothing is written to the scene."""
         self._pending = None
-        if self._running is not None:
-            self._running.cancelEvent.set()
+        job, self._running = self._running, None
+        if job is not None:
+            job.cancelled = True
+            self.process.forget(job)
+            self.process.kill()
+        if self._timer is not None:
+            self._timer.stop()
+        if job is not None and self.onIdle is not None:
+            self.onIdle()
 
     def poll(self) -> bool:
-        """Main thread: deliver a finished job, start the waiting one; returns ``busy``."""
-        job = self._running
-        if job is None and self._pending is None:
+        """Main thread: read the worker's messages, deliver a finished job, start the waiting
+        one; returns ``busy``."""
+        if not self.busy:
             return False
+        self.process.pump()
+        job = self._running
         if job is not None:
-            if self.onProgress is not None and not job.cancelEvent.is_set():
-                self.onProgress(job.progress[0], job.progress[1], self.elapsed)
-            if job.thread.is_alive():
+            if not job.done:
+                if self.onProgress is not None:
+                    self.onProgress(job.progressValue[0], job.progressValue[1], self.elapsed)
                 return True
             self._running = None
             self._deliver(job)
@@ -115,10 +140,34 @@ class LatestJobRunner:
         deadline = None if timeout is None else time.perf_counter() + timeout
         while self.poll():
             if self._running is not None:
-                self._running.thread.join(0.02)
+                self.process.pump(0.05)
             if deadline is not None and time.perf_counter() > deadline:
                 return False
         return True
+
+    def run(self, request, progress: Callable | None = None, cancel: Callable | None = None):
+        """Register ``request`` in the worker and return its outcome (blocking).
+
+        ``progress(fraction, message)`` is called as the worker reports; ``cancel()`` is polled
+        every few tens of milliseconds: returning True kills the worker and raises
+        :class:`labelreg.errors.RegistrationCancelled`. Errors of the run are raised here.
+        """
+        from labelreg.errors import RegistrationCancelled
+
+        job, reported = _Job(), None
+        self.process.submit(request, job)
+        while not job.done:
+            if cancel is not None and cancel():
+                self.process.forget(job)
+                self.process.kill()
+                raise RegistrationCancelled("registration cancelled")
+            self.process.pump(0.02)
+            if progress is not None and job.progressValue != reported and job.accepted:
+                reported = job.progressValue
+                progress(*reported)
+        if job.error is not None:
+            raise job.error
+        return job.outcome
 
     # ----------------------------------------------------------------- private
     def _start(self, job: _Job) -> None:
@@ -131,11 +180,15 @@ class LatestJobRunner:
             return
         self.started += 1
         self._running = job
-        job.thread = threading.Thread(target=job._run, name="LabelRegRegistration", daemon=True)
-        job.thread.start()
+        try:
+            self.process.submit(job.request, job)
+        except Exception as exc:  # noqa: BLE001 - e.g. no Python to start the worker with
+            self._running = None
+            job.error = exc
+            self._deliver(job)
 
     def _deliver(self, job: _Job) -> None:
-        if job.cancelEvent.is_set():
+        if job.cancelled:
             return  # cancelled: nothing is written to the scene
         if job.error is not None:
             if job.onError is None:

@@ -11,6 +11,12 @@ OUT must be empty, or hold only earlier LabelReg outputs, which ``--overwrite`` 
 Segmentations are ``.seg.nrrd`` files or label volumes (3-D label maps, or 4-D one channel
 per label; channel 0 the gland). Prints the timing (and Dice/landmark distances with
 ``--fixed-seg``); on failure prints the reason and exits with status 1 (2: bad arguments).
+
+In an installed extension this file is ``<extension folder>/lib/Slicer-<X.Y>/qt-scripted-modules/
+Scripts/register_batch.py`` (source tree: ``SlicerLabelReg/Scripts/``); Slicer prints its path with
+
+    Slicer --no-main-window --python-code "import os, slicer; print(os.path.join(os.path.dirname(
+        slicer.modules.labelreg.path), 'Scripts', 'register_batch.py')); slicer.util.exit()"
 """
 import argparse
 import os
@@ -21,6 +27,8 @@ MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parseArguments(argv):
+    from labelreg.choices import DEVICES, USER_MODES
+
     parser = argparse.ArgumentParser(prog="register_batch.py", description="LabelReg MR -> TRUS registration")
     parser.add_argument("--fixed", required=True, help="TRUS volume (fixed)")
     parser.add_argument("--moving", required=True, help="MR volume (moving)")
@@ -28,8 +36,8 @@ def parseArguments(argv):
     parser.add_argument("--fixed-seg", help="TRUS segmentation, to report Dice and landmark distances")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--overwrite", action="store_true", help="replace earlier LabelReg outputs in --output-dir")
-    parser.add_argument("--mode", choices=["deformable", "affine"], default="deformable")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--mode", choices=USER_MODES, default="deformable")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--model", default="", help="model file (.pt with its .json); default: the bundled model")
     return parser.parse_args(argv)
 
@@ -45,10 +53,7 @@ def loadSegmentation(path, referenceNode):
     if path.lower().endswith(".seg.nrrd"):
         return slicer.util.loadSegmentation(path)
     labels = read_labels(path, nodes.volumeFromNode(referenceNode).grid)
-    name = os.path.basename(path).split(".")[0]
-    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    names = ["gland"] + [f"landmark {c}" for c in range(1, len(labels.array))]
-    return nodes.fillSegmentation(segmentation, labels.array, labels.grid, names)
+    return nodes.addLabelSegmentation(os.path.basename(path).split(".")[0], labels)
 
 
 def loadVolume(path):
@@ -68,14 +73,14 @@ def save(node, path):
 
 
 def main(argv) -> int:
+    if MODULE_DIR not in sys.path:
+        sys.path.insert(0, MODULE_DIR)
     try:
         args = parseArguments(argv)
     except SystemExit as exc:  # argparse printed the usage
         return int(exc.code or 0)
     try:
         start = time.perf_counter()
-        if MODULE_DIR not in sys.path:
-            sys.path.insert(0, MODULE_DIR)
         import LabelReg
         from labelreg.outputs import prepare_output_dir
 
@@ -83,9 +88,12 @@ def main(argv) -> int:
         movingSeg = loadSegmentation(args.moving_seg, moving) if args.moving_seg else None
         fixedSeg = loadSegmentation(args.fixed_seg, fixed) if args.fixed_seg else None
         prepare_output_dir(args.output_dir, args.overwrite)  # before the (slow) registration
-        outputs = LabelReg.LabelRegLogic().register(
-            fixed, moving, movingSeg, mode=args.mode, device=args.device, modelPath=args.model,
-            fixedSegmentationNode=fixedSeg, hardenSegmentation=True)
+        logic = LabelReg.LabelRegLogic()
+        try:  # the registration runs in LabelReg's worker process, ended here
+            outputs = logic.register(fixed, moving, movingSeg, mode=args.mode, device=args.device,
+                                     modelPath=args.model, fixedSegmentationNode=fixedSeg, hardenSegmentation=True)
+        finally:
+            logic.shutdown()
         stem = os.path.join(args.output_dir, os.path.basename(args.moving).split(".")[0])
         save(outputs.affineTransformNode, f"{stem}-affine.h5")
         if args.mode == "deformable":

@@ -8,15 +8,16 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from . import io as lio
 from .errors import LabelRegError
 from .grid import Grid
+from .layout import data_pairs, image_files, stem, subfolder
 from .metrics import evaluate_pair, format_metrics, summarize
 from .model import is_gland_alignment
 from .outputs import prepare_output_dir
@@ -25,57 +26,10 @@ from .transforms import initial_transform, transform_points
 from .volume import Volume
 from .warp import sample
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: the QC picture shows images finer than this on a grid of this spacing (mm)
+QC_SPACING_MM = 1.0
 CSV_COLUMNS = ("name", "dice", "dice_p10", "hd95_mm", "tre_median_mm", "tre_p90_mm", "n_landmarks",
                "folding_fraction", "tre_mm", "warnings")
-
-
-def stem(path) -> str:
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def image_files(folder) -> dict:
-    """{stem: path} of the image files in ``folder`` (or of ``folder`` itself if it is a file)."""
-    folder = Path(folder)
-    if folder.is_file():
-        return {stem(folder): folder}
-    if not folder.is_dir():
-        raise LabelRegError(f"{folder}: folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return {stem(p): p for p in files if not p.name.lower().endswith((".raw", ".zraw", ".txt", ".csv", ".md"))}
-
-
-def subfolder(path, name: str) -> Path:
-    """``path/name`` if that folder exists (a data set or batch output), else ``path``."""
-    path = Path(path)
-    return path / name if (path / name).is_dir() else path
-
-
-def read_label_channels(path, role: str = "labels") -> Volume:
-    """Labels for evaluation: like :func:`labelreg.io.read_labels` but any grid and empty
-    channels allowed (a landmark warped out of view is empty)."""
-    path = Path(path)
-    image = lio._read_pixels(lio._read_header(path), path)
-    if image.GetDimension() not in (3, 4) or image.GetNumberOfComponentsPerPixel() != 1:
-        raise LabelRegError(f"{path}: {role} must be a 3-D label map or a 4-D (x, y, z, channel) image")
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    array = array[None] if array.ndim == 3 else array
-    if not np.isfinite(array).all() or array.min() < -1e-3 or array.max() > 1 + 1e-3:
-        raise LabelRegError(f"{path}: {role} values must be finite and lie in [0, 1] (one channel per label)")
-    return Volume(array, Grid.from_sitk(image), str(path))
-
-
-def read_displacement(path) -> tuple:
-    path = Path(path)
-    reader = lio._read_header(path)
-    image = lio._read_pixels(reader, path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
-        raise LabelRegError(f"{path}: a displacement field must be a 3-D image of 3-vectors")
-    return sitk.GetArrayFromImage(image).astype(np.float64), Grid.from_sitk(image)
 
 
 def warp_initial(fixed_grid: Grid, moving: Volume, alignment) -> np.ndarray:
@@ -90,10 +44,33 @@ def warp_initial(fixed_grid: Grid, moving: Volume, alignment) -> np.ndarray:
         return sample(channels, moving.grid, points)[0].numpy()
 
 
+def write_outputs(result, paths: dict, moving: Volume | None = None, labels: Volume | None = None) -> dict:
+    """Write a registration's full-resolution outputs named in ``paths`` ("warped_moving",
+    "warped_labels", "displacement": NIfTI files) a slab at a time, so that an output of any size
+    never sits whole in memory (or from the result's arrays when the engine computed them)."""
+    grid = result.fixed_grid
+    opened = {"warped_moving": lambda path: lio.SlabWriter(path, grid),
+              "warped_labels": lambda path: lio.labels_writer(path, grid, labels.channels.shape[0]),
+              "displacement": lambda path: lio.displacement_writer(path, grid)}
+    with ExitStack() as stack:
+        writers = {key: stack.enter_context(opened[key](path)) for key, path in paths.items()}
+        if result.ddf_lps is not None:
+            slabs = [(0, result.ddf_lps, result.warped_moving, result.warped_labels)]
+        else:
+            slabs = result.output_slabs(moving if "warped_moving" in paths else None,
+                                        labels if "warped_labels" in paths else None)
+        for k0, ddf, warped, warped_labels in slabs:
+            for key, slab in (("displacement", ddf), ("warped_moving", warped), ("warped_labels", warped_labels)):
+                if key in writers:
+                    writers[key].write(k0, slab)
+    return {key: Path(path) for key, path in paths.items()}
+
+
 def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | None, out_dir, mode: str,
                        alignment: str | None = None, fixed_labels: Volume | None = None) -> dict:
     """Register one pair and write ``warped_moving``, ``warped_labels`` (with labels),
-    ``displacement`` (.nii.gz), ``affine.tfm`` and ``qc.png`` into ``out_dir``.
+    ``displacement`` (.nii.gz), ``affine.tfm`` and ``qc.png`` into ``out_dir``. The outputs are
+    written a slab at a time; with ``fixed_labels`` (metrics) they are also held in memory.
 
     Returns {"result", "paths", "metrics_before", "metrics_after", "write_s"}; "before" is the
     initial alignment, or the volume centres when that alignment is the learned "gland" one.
@@ -102,28 +79,48 @@ def register_to_folder(engine, fixed: Volume, moving: Volume, labels: Volume | N
     if fixed_labels is not None and labels is not None and fixed_labels.channels.shape[0] != labels.channels.shape[0]:
         raise LabelRegError(f"{fixed_labels.name}: {fixed_labels.channels.shape[0]} channels, but the moving labels "
                             f"{labels.name} have {labels.channels.shape[0]}; channel c must match channel c")
-    result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment)
+    evaluate = fixed_labels is not None and labels is not None
+    result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment, outputs=evaluate)
     start = time.perf_counter()
     out, grid = Path(out_dir), result.fixed_grid
-    paths = {"warped_moving": lio.write_image(out / "warped_moving.nii.gz", result.warped_moving, grid)}
-    if labels is not None:
-        paths["warped_labels"] = lio.write_labels(out / "warped_labels.nii.gz", result.warped_labels, grid)
-    paths["displacement"] = lio.write_displacement(out / "displacement.nii.gz", result.ddf_lps, grid)
+    names = {"warped_moving": "warped_moving.nii.gz", "warped_labels": "warped_labels.nii.gz",
+             "displacement": "displacement.nii.gz"}
+    if labels is None:
+        del names["warped_labels"]
+    paths = write_outputs(result, {key: out / name for key, name in names.items()}, moving, labels)
     paths["affine"] = lio.write_affine(out / "affine.tfm", result.affine_lps)
     # "before" is where the pair starts without any network: the gland alignment is learned
-    before = warp_initial(grid, labels if labels is not None else moving,
-                          "centers" if is_gland_alignment(alignment) else result.initial_lps)
-    if labels is not None:
-        qc_args = {"warped_labels_before": before, "warped_labels_after": result.warped_labels}
-    else:
-        qc_args = {"moving_before": before[0], "moving_after": result.warped_moving}
-    paths["qc"] = write_qc_png(out / "qc.png", fixed, fixed_labels=fixed_labels, **qc_args)
+    start_from = "centers" if is_gland_alignment(alignment) else result.initial_lps
+    paths["qc"] = write_qc(out / "qc.png", result, fixed, moving, labels, fixed_labels, start_from)
     metrics_before = metrics_after = None
-    if fixed_labels is not None and labels is not None:
-        metrics_before = evaluate_pair(before, fixed_labels.channels, grid)
+    if evaluate:
+        metrics_before = evaluate_pair(warp_initial(grid, labels, start_from), fixed_labels.channels, grid)
         metrics_after = evaluate_pair(result.warped_labels, fixed_labels.channels, grid, result.ddf_lps)
     return {"result": result, "paths": paths, "metrics_before": metrics_before, "metrics_after": metrics_after,
             "write_s": time.perf_counter() - start}
+
+
+def write_qc(path, result, fixed: Volume, moving: Volume, labels: Volume | None, fixed_labels: Volume | None,
+             start_from) -> Path:
+    """The QC picture of a registration (:func:`labelreg.qc.write_qc_png`): the labels, or
+    without them the moving image, before (``start_from``: an alignment name or matrix) and after.
+    Images finer than :data:`QC_SPACING_MM` are shown on a grid of that spacing (a picture, not a
+    measurement), so that the picture's size and cost do not grow with the image's."""
+    grid = result.fixed_grid
+    if min(grid.spacing) < QC_SPACING_MM:
+        grid = grid.resampled(np.maximum(grid.spacing, QC_SPACING_MM))
+        fixed = Volume(warp_initial(grid, fixed, np.eye(4))[0], grid, fixed.name)
+        if fixed_labels is not None:
+            fixed_labels = Volume(warp_initial(grid, fixed_labels, np.eye(4)), grid, fixed_labels.name)
+    shown = labels if labels is not None else moving
+    slabs = list(result.output_slabs(None if labels is not None else moving, labels, grid))
+    after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)
+    before = warp_initial(grid, shown, start_from)
+    if labels is not None:
+        views = {"warped_labels_before": before, "warped_labels_after": after}
+    else:
+        views = {"moving_before": before[0], "moving_after": after[0]}
+    return write_qc_png(path, fixed, fixed_labels=fixed_labels, **views)
 
 
 # ------------------------------------------------------------------ reporting
@@ -189,61 +186,36 @@ def report_failures(failures: list) -> int:
 
 
 # ---------------------------------------------------------------------- batch
-def _load_pair(folders: dict, name: str, paths: dict):
-    fixed = lio.read_image(paths["fixed_images"], "fixed image")
-    moving = lio.read_image(paths["moving_images"], "moving image")
-    labels = None
-    if "moving_labels" in folders:
-        if "moving_labels" not in paths:
-            raise LabelRegError(f"{folders['moving_labels'] / (name + '.nii.gz')}: moving labels missing for this pair")
-        labels = lio.read_labels(paths["moving_labels"], moving.grid, "moving labels")
-    return fixed, moving, labels
-
-
 def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: str | None = None,
               save_ddf: bool = False, overwrite: bool = False) -> int:
     """Register every pair of a public-layout folder; returns the exit code (1 if any pair failed).
     ``out_dir`` must be empty, or hold only an earlier run's outputs with ``overwrite``."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    folders = {n: data_dir / n for n in ("fixed_images", "moving_images", "moving_labels", "fixed_labels")
-               if (data_dir / n).is_dir()}
-    for needed in ("fixed_images", "moving_images"):
-        if needed not in folders:
-            raise LabelRegError(f"{data_dir}: no {needed}/ folder; expected fixed_images/, moving_images/ "
-                                "and optionally moving_labels/ and fixed_labels/ with the same file names")
-    files = {n: image_files(f) for n, f in folders.items()}
-    names = sorted(files["fixed_images"])
-    if not names:
-        raise LabelRegError(f"{folders['fixed_images']}: no image files")
+    out_dir = Path(out_dir)
+    pairs = data_pairs(data_dir)
+    names = [pair.name for pair in pairs]
     prepare_output_dir(out_dir, overwrite)
     failures, rows, started = [], [], time.perf_counter()
     progress = Progress(len(names), "registering")
 
-    def load(name):
-        paths = {n: files[n][name] for n in files if name in files[n]}
-        if "moving_images" not in paths:
-            raise LabelRegError(f"{folders['moving_images']}: no moving image named {name}")
-        return _load_pair(folders, name, paths)
-
     with ThreadPoolExecutor(1) as pool:  # read the next pair while this one registers
-        pending = pool.submit(load, names[0])
+        pending = pool.submit(pairs[0].read)
         for index, name in enumerate(names):
             future, tick = pending, time.perf_counter()
             if index + 1 < len(names):
-                pending = pool.submit(load, names[index + 1])
+                pending = pool.submit(pairs[index + 1].read)
             try:
-                fixed, moving, labels = future.result()
-                result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment)
+                fixed, moving, labels, fixed_labels = future.result()
+                evaluate = labels is not None and fixed_labels is not None
+                result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment,
+                                         outputs=evaluate)
                 grid = result.fixed_grid
-                if labels is not None:
-                    lio.write_labels(out_dir / "warped_labels" / f"{name}.nii.gz", result.warped_labels, grid)
-                else:
-                    lio.write_image(out_dir / "warped_moving" / f"{name}.nii.gz", result.warped_moving, grid)
+                kind = "warped_labels" if labels is not None else "warped_moving"
+                paths = {kind: out_dir / kind / f"{name}.nii.gz"}
                 if save_ddf:
-                    lio.write_displacement(out_dir / "ddf" / f"{name}.nii.gz", result.ddf_lps, grid)
+                    paths["displacement"] = out_dir / "ddf" / f"{name}.nii.gz"
+                write_outputs(result, paths, moving, labels)
                 line = f"{name}: {time.perf_counter() - tick:.2f} s"
-                if labels is not None and name in files.get("fixed_labels", {}):
-                    fixed_labels = lio.read_labels(files["fixed_labels"][name], grid, "fixed labels")
+                if evaluate:
                     row = {"name": name, **evaluate_pair(result.warped_labels, fixed_labels.channels, grid,
                                                          result.ddf_lps), "warnings": " | ".join(result.warnings)}
                     rows.append(row)
@@ -286,14 +258,14 @@ def run_evaluate(warped_dir, fixed_dir, ddf_dir=None, csv_path=None) -> int:
         try:
             if name not in fixed:
                 raise LabelRegError(f"{subfolder(fixed_dir, 'fixed_labels')}: no fixed labels named {name}")
-            moved = read_label_channels(path, "warped labels")
-            target = read_label_channels(fixed[name], "fixed labels")
+            moved = lio.read_label_channels(path, "warped labels")
+            target = lio.read_label_channels(fixed[name], "fixed labels")
             if not moved.grid.same_as(target.grid):
                 raise LabelRegError(f"{path}: grid ({moved.grid.describe()}) differs from the fixed labels "
                                     f"{fixed[name]} ({target.grid.describe()})")
             ddf = None
             if name in ddfs:
-                ddf, ddf_grid = read_displacement(ddfs[name])
+                ddf, ddf_grid = lio.read_displacement(ddfs[name])
                 if not ddf_grid.same_as(target.grid):
                     raise LabelRegError(f"{ddfs[name]}: displacement grid differs from the fixed labels")
             row = {"name": name, **evaluate_pair(moved.channels, target.channels, target.grid, ddf)}

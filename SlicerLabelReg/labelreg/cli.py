@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, resources
+from .choices import ALIGNMENTS, DEVICES, USER_MODES
 from .errors import LabelRegError, RegistrationCancelled
-from .model import ALIGNMENTS, MODES
 
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "Resources" / "SampleData"
 UNTRAINED_NOTICE = "no trained model bundled yet: using the initial alignment only"
 
 
@@ -40,10 +39,9 @@ def _fail(message) -> None:
 def _engine(model, device: str, threads):
     """Engine for a model path, the bundled model (None) or a RegistrationModel."""
     from .engine import RegistrationEngine
-    from .model_io import BUNDLED_MODEL
 
-    if model is None and not BUNDLED_MODEL.exists():
-        raise LabelRegError(f"{BUNDLED_MODEL}: no trained model is bundled yet; pass --model FILE.pt "
+    if model is None and not resources.BUNDLED_MODEL_FILE.exists():
+        raise LabelRegError(f"{resources.BUNDLED_MODEL_FILE}: no trained model is bundled yet; pass --model FILE.pt "
                             "(or try 'labelreg demo', which runs without one)")
     if threads is not None and threads < 1:
         raise LabelRegError(f"--threads must be at least 1, got {threads}")
@@ -109,24 +107,13 @@ def cmd_evaluate(args) -> int:
 
 def _demo_inputs(data, out_dir: Path):
     """(fixed, moving, moving labels, fixed labels, description) for the demo."""
-    from . import io as lio
-    from .batch import image_files
+    from .layout import FOLDERS, data_pairs
 
-    folder = Path(data) if data else (SAMPLE_DATA if (SAMPLE_DATA / "fixed_images").is_dir() else None)
+    sample = resources.SAMPLE_PAIR_DIR
+    folder = Path(data) if data else (sample if (sample / "fixed_images").is_dir() else None)
     if folder is not None:
-        names = sorted(image_files(folder / "fixed_images")) if (folder / "fixed_images").is_dir() else []
-        if not names:
-            raise LabelRegError(f"{folder}: no fixed_images/ with image files (expected the public data layout)")
-        name = names[0]
-        paths = {sub: image_files(folder / sub).get(name) for sub in
-                 ("fixed_images", "moving_images", "moving_labels", "fixed_labels")}
-        for sub, path in paths.items():
-            if path is None:
-                raise LabelRegError(f"{folder / sub}: no file for pair {name}")
-        fixed = lio.read_image(paths["fixed_images"], "fixed image")
-        moving = lio.read_image(paths["moving_images"], "moving image")
-        return (fixed, moving, lio.read_labels(paths["moving_labels"], moving.grid, "moving labels"),
-                lio.read_labels(paths["fixed_labels"], fixed.grid, "fixed labels"), f"pair {name} of {folder}")
+        pair = data_pairs(folder, need=FOLDERS)[0]
+        return (*pair.read(), f"pair {pair.name} of {folder}")
     from .phantom import make_pair, write_pair
 
     pair = make_pair(seed=0)
@@ -140,15 +127,14 @@ def cmd_demo(args) -> int:
 
     from .batch import register_to_folder
     from .model import RegistrationModel
-    from .model_io import BUNDLED_MODEL
     from .outputs import prepare_output_dir
 
     out_dir = prepare_output_dir(args.output_dir, overwrite=True)  # a rerun replaces the demo's own outputs
     fixed, moving, labels, fixed_labels, description = _demo_inputs(args.data, out_dir)
     print(f"labelreg demo on {description}")
-    if args.model or BUNDLED_MODEL.exists():
+    if args.model or resources.BUNDLED_MODEL_FILE.exists():
         engine = _engine(args.model, args.device, args.threads)
-        print(f"model: {args.model or BUNDLED_MODEL}")
+        print(f"model: {args.model or resources.BUNDLED_MODEL_FILE}")
     else:
         print(f"notice: {UNTRAINED_NOTICE}")
         torch.manual_seed(0)
@@ -179,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the full traceback of unexpected errors")
     engine = argparse.ArgumentParser(add_help=False)
     engine.add_argument("--model", help="model file (.pt with its .json sidecar); default: the bundled model")
-    engine.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    engine.add_argument("--device", choices=DEVICES, default="auto")
     engine.add_argument("--threads", type=int, help="CPU threads for torch")
-    engine.add_argument("--mode", choices=MODES, default="deformable")
+    engine.add_argument("--mode", choices=USER_MODES, default="deformable")
     engine.add_argument("--initial-alignment", choices=ALIGNMENTS,
                         help="before the networks: align volume centres, trust headers, or the predicted glands (models with gland localisers: centroids or best overlap, as the model says); default: the model's")
 
@@ -219,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder; a rerun replaces the demo's earlier outputs there")
     p.add_argument("--data", help="a data folder in the public layout (uses its first pair)")
     p.add_argument("--model", help="model file; default: the bundled model, or an untrained one if none")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_demo)
 

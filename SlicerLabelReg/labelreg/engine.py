@@ -13,20 +13,20 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .choices import ALIGNMENTS, DEVICES, MODES
 from .domain import check_input
 from .errors import LabelRegError, RegistrationCancelled
 from .grid import Grid
-from .model import ALIGNMENTS, MODES, ROLES, RegistrationModel
+from .model import ROLES, RegistrationModel
 from .model_io import load_model
 from .transforms import transform_points
 from .volume import Volume
 from .warp import sample, sample_field
 
-DEVICES = ("auto", "cpu", "cuda")
 #: refuse a fixed image whose network grid would exceed this many voxels (wrong units, huge FOV)
 MAX_NETWORK_VOXELS = 256**3
 #: fixed-grid voxels composed and warped at a time (bounds the temporaries to ~100 MB)
-SLAB_VOXELS = 1 << 21
+SLAB_VOXELS = 1 << 19
 #: what a registration needs besides its inputs and outputs: the model, the networks' tensors, a slab
 BASE_BYTES = 400 << 20
 
@@ -41,12 +41,14 @@ def select_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def registration_bytes(fixed: Volume, moving: Volume, labels: Volume | None = None) -> int:
-    """Memory one registration needs on top of its inputs: the normalised images, the outputs on
-    the fixed grid (displacement field, warped image and labels, float32) and :data:`BASE_BYTES`."""
+def registration_bytes(fixed: Volume, moving: Volume, labels: Volume | None = None, outputs: bool = True) -> int:
+    """Memory one registration needs on top of its inputs: the normalised images, the moving
+    images as float32 tensors, the outputs on the fixed grid when held in memory (displacement
+    field, warped image and labels, float32) and :data:`BASE_BYTES`."""
     channels = 0 if labels is None else labels.channels.shape[0]
     fixed_voxels, moving_voxels = (int(np.prod(v.grid.size, dtype=np.int64)) for v in (fixed, moving))
-    return fixed_voxels * (4 + 16 + 4 * channels) + moving_voxels * (8 + 4 * channels) + BASE_BYTES
+    held = 16 + 4 * channels if outputs else 0
+    return fixed_voxels * (4 + held) + moving_voxels * (8 + 4 * channels) + BASE_BYTES
 
 
 def available_bytes() -> int | None:
@@ -58,31 +60,95 @@ def available_bytes() -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class FixedToMoving:
+    """The transform a registration found, fixed LPS -> moving LPS (mm): ``x -> A (x + u(x))``
+    with ``u`` the local net's displacement on the network grid, sampled trilinearly (None in
+    affine mode). Evaluated on any grid a slab of :data:`SLAB_VOXELS` at a time, so that no
+    full-size temporary is ever held.
+
+    Attributes:
+        affine_lps: (4, 4) tensor on the engine's device.
+        ddf_net_lps: (1, D, H, W, 3) tensor on ``net_grid``, mm, LPS components, or None.
+        net_grid: the network grid of ``ddf_net_lps``.
+    """
+
+    affine_lps: torch.Tensor
+    ddf_net_lps: torch.Tensor | None
+    net_grid: Grid
+
+    def slabs(self, grid: Grid):
+        """Yield (k0, points_lps, moving_points_lps) for successive axial slabs of ``grid``:
+        (z, y, x, 3) tensors of the slab's fixed points and where they land in the moving image."""
+        nz, ny, nx = grid.shape_zyx
+        step = max(1, SLAB_VOXELS // (nx * ny))
+        for k0 in range(0, nz, step):
+            part = Grid((nx, ny, min(step, nz - k0)), grid.spacing,
+                        grid.index_to_lps[:3, :3] @ [0, 0, k0] + grid.origin, grid.direction)
+            points = part.points_lps(device=self.affine_lps.device)
+            local = None if self.ddf_net_lps is None else sample_field(self.ddf_net_lps, self.net_grid, points)
+            yield k0, points, transform_points(self.affine_lps[None], points, local)[0]
+
+
 @dataclass
 class RegistrationResult:
-    """Outputs on the fixed image grid. Transforms map fixed LPS points to moving LPS points.
+    """A registration: its transform and, unless the engine was asked for the transform only,
+    the outputs on the fixed image grid at full resolution. Transforms map fixed LPS points to
+    moving LPS points.
 
     Attributes:
         affine_lps: (4, 4) initial alignment composed with the global net's affine.
+        transform: the whole transform (:class:`FixedToMoving`), to evaluate on any grid.
+        fixed_grid: the grid of the outputs.
         ddf_lps: (nz, ny, nx, 3) composite displacement (affine and local), mm, LPS components.
         warped_moving: (nz, ny, nx) moving image resampled onto the fixed grid (original units).
         warped_labels: (C, nz, ny, nx) moving labels warped trilinearly (values in [0, 1]), or None.
-        fixed_grid: the grid of the outputs.
         timings: seconds per stage.
         initial_lps: (4, 4) the initial alignment the networks started from.
         warnings: one line each where an input lies far from the model's training domain.
     """
 
     affine_lps: np.ndarray
-    ddf_lps: np.ndarray
-    warped_moving: np.ndarray
-    warped_labels: np.ndarray | None
+    transform: FixedToMoving
     fixed_grid: Grid
     mode: str
     device: str
+    ddf_lps: np.ndarray | None = None
+    warped_moving: np.ndarray | None = None
+    warped_labels: np.ndarray | None = None
     timings: dict = field(default_factory=dict)
     initial_lps: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+
+    def output_slabs(self, moving: Volume | None = None, labels: Volume | None = None, grid: Grid | None = None):
+        """Yield (k0, ddf_lps, warped_moving, warped_labels) numpy slabs, axial index ``k0``
+        on, of the outputs on ``grid`` (default: the fixed grid): (z, y, x, 3), (z, y, x) or
+        None without ``moving``, (C, z, y, x) or None without ``labels``. How outputs of any
+        size are written (``labelreg.batch``) or held (:meth:`compute_outputs`)."""
+        grid = grid or self.fixed_grid
+        device = self.transform.affine_lps.device
+        with torch.inference_mode():
+            yield from self._output_slabs(moving, labels, grid, device)
+
+    def _output_slabs(self, moving, labels, grid, device):
+        sources = [None if v is None else torch.from_numpy(np.ascontiguousarray(v.channels, np.float32))[None].to(device)
+                   for v in (moving, labels)]
+        for k0, points, where in self.transform.slabs(grid):
+            warped = [None if v is None else sample(source, v.grid, where[None])[0]
+                      for v, source in zip((moving, labels), sources)]
+            yield (k0, (where - points).cpu().numpy(), None if moving is None else warped[0][0].cpu().numpy(),
+                   None if labels is None else warped[1].clamp(0, 1).cpu().numpy())
+
+    def compute_outputs(self, moving: Volume, labels: Volume | None = None) -> None:
+        """Fill :attr:`ddf_lps`, :attr:`warped_moving` and :attr:`warped_labels` (full resolution)."""
+        nz, ny, nx = self.fixed_grid.shape_zyx
+        self.ddf_lps, self.warped_moving = np.empty((nz, ny, nx, 3), np.float32), np.empty((nz, ny, nx), np.float32)
+        self.warped_labels = None if labels is None else np.empty((labels.channels.shape[0], nz, ny, nx), np.float32)
+        for k0, ddf, warped, warped_labels in self.output_slabs(moving, labels):
+            rows = slice(k0, k0 + ddf.shape[0])
+            self.ddf_lps[rows], self.warped_moving[rows] = ddf, warped
+            if labels is not None:
+                self.warped_labels[:, rows] = warped_labels
 
 
 ProgressFn = Callable[[float, str], None]
@@ -114,12 +180,15 @@ class RegistrationEngine:
 
     def register(self, fixed: Volume, moving: Volume, moving_labels: Volume | None = None,
                  mode: str = "deformable", initial_alignment: str | None = None,
-                 progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RegistrationResult:
+                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                 outputs: bool = True) -> RegistrationResult:
         """Register one pair; see :meth:`register_batch`."""
-        return self.register_batch([(fixed, moving, moving_labels)], mode, initial_alignment, progress, cancel)[0]
+        return self.register_batch([(fixed, moving, moving_labels)], mode, initial_alignment, progress, cancel,
+                                   outputs)[0]
 
     def register_batch(self, pairs, mode: str = "deformable", initial_alignment: str | None = None,
-                       progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> list:
+                       progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                       outputs: bool = True) -> list:
         """Register several (fixed, moving, moving_labels-or-None) pairs.
 
         ``initial_alignment`` is "centers", "headers", "gland" (models with gland localisers;
@@ -128,15 +197,17 @@ class RegistrationEngine:
         pair. Pairs whose fixed and moving grids are all identical run through the networks as
         one batch; others run one by one. ``progress(fraction, message)`` is called between stages
         and ``cancel()`` is polled there: returning True raises :class:`RegistrationCancelled`.
+        With ``outputs=False`` the results hold the transform only: their outputs are then
+        computed, or written, a slab at a time (:meth:`RegistrationResult.output_slabs`).
         """
         if mode not in MODES:
             raise LabelRegError(f"mode must be one of {MODES}, got {mode!r}")
         pairs = [tuple(p) + (None,) * (3 - len(p)) for p in pairs]
         for fixed, moving, labels in pairs:
-            self._check_pair(fixed, moving, labels)
+            self._check_pair(fixed, moving, labels, outputs)
         same = all(p[0].grid == pairs[0][0].grid and p[1].grid == pairs[0][1].grid for p in pairs)
         if len(pairs) > 1 and not same:
-            return [self.register_batch([p], mode, initial_alignment, progress, cancel)[0] for p in pairs]
+            return [self.register_batch([p], mode, initial_alignment, progress, cancel, outputs)[0] for p in pairs]
         if initial_alignment is None:
             initial_alignment = self.config.initial_alignment
         if isinstance(initial_alignment, str):
@@ -152,15 +223,15 @@ class RegistrationEngine:
                 raise LabelRegError(f"initial_alignment must be a name or a finite (4, 4) LPS matrix, got shape "
                                     f"{initial_alignment.shape}")
         with torch.inference_mode():
-            return self._run(pairs, mode, initial_alignment, progress, cancel)
+            return self._run(pairs, mode, initial_alignment, progress, cancel, outputs)
 
-    def _check_pair(self, fixed: Volume, moving: Volume, labels: Volume | None):
+    def _check_pair(self, fixed: Volume, moving: Volume, labels: Volume | None, outputs: bool):
         for role, volume in (("fixed", fixed), ("moving", moving)):
             if volume.array.ndim != 3:
                 raise LabelRegError(f"{volume.name}: the {role} image must be 3-D, got shape {volume.array.shape}")
         if labels is not None and not labels.grid.same_as(moving.grid):
             raise LabelRegError(f"{labels.name}: moving labels are not on the moving image's grid")
-        need, free = registration_bytes(fixed, moving, labels), available_bytes()
+        need, free = registration_bytes(fixed, moving, labels, outputs), available_bytes()
         if free is not None and need > free:
             raise LabelRegError(f"{fixed.name}: registering this {fixed.grid.size} image needs about "
                                 f"{need / 2**30:.1f} GB of memory and {free / 2**30:.1f} GB is free; crop or downsample "
@@ -186,9 +257,10 @@ class RegistrationEngine:
                 lines += check_input(domain, role, volume.name, volume.grid, field, array)
                 images[role].append(array)
             warnings.append(lines)
-        return (*(torch.from_numpy(np.stack(images[role])[:, None]).to(self.device) for role in ROLES), warnings)
+        batched = (np.stack(images[role]) if len(pairs) > 1 else images[role][0][None] for role in ROLES)
+        return (*(torch.from_numpy(array[:, None]).to(self.device) for array in batched), warnings)
 
-    def _run(self, pairs, mode, alignment, progress, cancel) -> list:
+    def _run(self, pairs, mode, alignment, progress, cancel, outputs: bool) -> list:
         timings = {}
         clock = time.perf_counter()
 
@@ -221,47 +293,18 @@ class RegistrationEngine:
             initial = torch.as_tensor(alignment, dtype=torch.float32, device=dev).expand(len(pairs), 4, 4)
         step(0.2, "running the networks", "alignment")
 
-        affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode,
-                                                               gland_maps=maps)
-        step(0.6, "composing the transform", "network")
-
-        step(0.75, "warping")
-        outputs, compose_s = self._warp(pairs, affine, ddf_net, net_grid)
-        timings["compose"] = timings.get("compose", 0.0) + compose_s
+        affine, ddf_net, net_grid, _ = self.model.forward_pair(fixed, fixed_grid, moving, moving_grid, initial, mode)
         results = [RegistrationResult(
-            affine_lps=affine[b].double().cpu().numpy(), ddf_lps=ddf, warped_moving=warped, warped_labels=labels,
+            affine_lps=affine[b].double().cpu().numpy(),
+            transform=FixedToMoving(affine[b], None if ddf_net is None else ddf_net[b:b + 1], net_grid),
             fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
             initial_lps=initial[b].double().cpu().numpy(), warnings=warnings[b],
-        ) for b, (ddf, warped, labels) in enumerate(outputs)]
+        ) for b in range(len(pairs))]
+        if not outputs:
+            step(1.0, "done", "network")
+            return results
+        step(0.6, "warping", "network")
+        for result, (_, moving_volume, labels) in zip(results, pairs):
+            result.compute_outputs(moving_volume, labels)
         step(1.0, "done", "warp")
-        timings["warp"] -= compose_s
         return results
-
-    def _warp(self, pairs, affine, ddf_net, net_grid) -> tuple:
-        """Compose the transform and warp the moving images and labels onto the fixed grid, a slab
-        of :data:`SLAB_VOXELS` at a time, so that no full-size temporary is held. Returns (per
-        pair (ddf_lps (z, y, x, 3), warped (z, y, x), warped labels (C, z, y, x) or None), the
-        seconds spent composing)."""
-        fixed_grid, moving_grid, dev = pairs[0][0].grid, pairs[0][1].grid, self.device
-        nz, ny, nx = fixed_grid.shape_zyx
-        outputs = [(np.empty((nz, ny, nx, 3), np.float32), np.empty((nz, ny, nx), np.float32),
-                    None if labels is None else np.empty((labels.channels.shape[0], nz, ny, nx), np.float32))
-                   for _, _, labels in pairs]
-        sources = [[torch.from_numpy(np.ascontiguousarray(v.channels, dtype=np.float32))[None].to(dev)
-                    for v in (moving, labels) if v is not None] for _, moving, labels in pairs]
-        slab, compose_s = max(1, SLAB_VOXELS // (nx * ny)), 0.0
-        for k0 in range(0, nz, slab):
-            start = time.perf_counter()
-            part = Grid((nx, ny, min(slab, nz - k0)), fixed_grid.spacing,
-                        fixed_grid.index_to_lps[:3, :3] @ [0, 0, k0] + fixed_grid.origin, fixed_grid.direction)
-            points = part.points_lps(device=dev)
-            ddf_full = None if ddf_net is None else sample_field(ddf_net, net_grid, points)
-            moving_points = transform_points(affine, points, ddf_full)
-            compose_s += time.perf_counter() - start
-            rows = slice(k0, k0 + part.size[2])
-            for (ddf, warped, labels), images, where in zip(outputs, sources, moving_points):
-                ddf[rows] = (where - points).cpu().numpy()
-                warped[rows] = sample(images[0], moving_grid, where[None])[0, 0].cpu().numpy()
-                if labels is not None:
-                    labels[:, rows] = sample(images[1], moving_grid, where[None])[0].clamp(0, 1).cpu().numpy()
-        return outputs, compose_s

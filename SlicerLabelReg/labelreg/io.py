@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import nifti
 from ._sitk import sitk
 from .errors import LabelRegError
 from .grid import Grid
@@ -165,7 +166,7 @@ def read_image(path, role: str = "image") -> Volume:
     image = _read_pixels(reader, path)
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     check_image_array(array, f"{path} ({role})")
     return Volume(array, Grid.from_sitk(image), str(path))
 
@@ -219,6 +220,31 @@ def read_labels(path, reference: Grid, role: str = "labels") -> Volume:
     return Volume(array, grid, str(path))
 
 
+def read_label_channels(path, role: str = "labels") -> Volume:
+    """Labels for evaluation: like :func:`read_labels` but any grid and empty channels allowed
+    (a landmark warped out of view is empty)."""
+    path = Path(path)
+    image = _read_pixels(_read_header(path), path)
+    if image.GetDimension() not in (3, 4) or image.GetNumberOfComponentsPerPixel() != 1:
+        raise LabelRegError(f"{path}: {role} must be a 3-D label map or a 4-D (x, y, z, channel) image")
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = array[None] if array.ndim == 3 else array
+    if not np.isfinite(array).all() or array.min() < -1e-3 or array.max() > 1 + 1e-3:
+        raise LabelRegError(f"{path}: {role} values must be finite and lie in [0, 1] (one channel per label)")
+    return Volume(array, Grid.from_sitk(image), str(path))
+
+
+def read_displacement(path) -> tuple:
+    """A displacement field file (as :func:`write_displacement` writes it): ((z, y, x, 3) float64
+    LPS mm, its Grid)."""
+    path = Path(path)
+    reader = _read_header(path)
+    image = _read_pixels(reader, path)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
+        raise LabelRegError(f"{path}: a displacement field must be a 3-D image of 3-vectors")
+    return sitk.GetArrayFromImage(image).astype(np.float64), Grid.from_sitk(image)
+
+
 # ------------------------------------------------------------------ writing
 class AtomicFile:
     """``with AtomicFile(p) as tmp: write(tmp)`` writes to a temporary file beside ``p`` with
@@ -266,6 +292,69 @@ class AtomicFile:
         return False
 
 
+class SlabWriter:
+    """A NIfTI output written a slab at a time, so that it never sits whole in memory:
+    ``with SlabWriter(path, grid, dtype, kind, channels) as out: out.write(k0, slab)`` writes
+    slabs starting at axial index ``k0``: (z, y, x) for a "scalar" image, (C, z, y, x) for
+    "channels", (z, y, x, C) for a "vector" image (the layouts of :func:`read_image`,
+    :func:`read_labels` and ``RegistrationResult.ddf_lps``; see :func:`labelreg.nifti.header`)."""
+
+    def __init__(self, path, grid: Grid, dtype=np.float32, kind: str = "scalar", channels: int = 1):
+        self.path, self.grid, self.dtype = Path(path), grid, np.dtype(dtype).newbyteorder("<")
+        self.kind, self.channels = kind, channels
+        self.atomic, self.raw = AtomicFile(path), None
+
+    def __enter__(self):
+        self.tmp = self.atomic.__enter__()
+        self.compress = self.tmp.lower().endswith(".gz")
+        try:
+            self.raw_path = self.tmp + ".raw" if self.compress else self.tmp
+            self.raw = open(self.raw_path, "wb")
+            self.raw.write(nifti.header(self.grid, self.dtype, self.kind, self.channels))
+            self.raw.truncate(nifti.VOX_OFFSET + self.channels * int(np.prod(self.grid.size)) * self.dtype.itemsize)
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        return self
+
+    def write(self, k0: int, slab: np.ndarray) -> None:
+        """Place ``slab`` (see the class) at axial index ``k0`` of every channel."""
+        slab = np.asarray(slab)
+        if self.kind == "vector":
+            slab = np.moveaxis(slab, -1, 0)
+        elif self.kind == "scalar":
+            slab = slab[None]
+        nz, ny, nx = self.grid.shape_zyx
+        if slab.shape[0] != self.channels or slab.shape[2:] != (ny, nx) or k0 + slab.shape[1] > nz:
+            raise ValueError(f"{self.path}: slab of shape {slab.shape} at k={k0} does not fit {self.channels} channels "
+                             f"of {self.grid.shape_zyx}")
+        for c in range(self.channels):
+            self.raw.seek(nifti.VOX_OFFSET + ((c * nz + k0) * ny * nx) * self.dtype.itemsize)
+            self.raw.write(np.ascontiguousarray(slab[c], dtype=self.dtype).tobytes())
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._abort(exc)
+            return False
+        try:
+            self.raw.close()
+            if self.compress:
+                nifti.gzip_file(self.raw_path, self.tmp)
+                os.remove(self.raw_path)
+        except BaseException as error:
+            self._abort(error)
+            raise
+        return self.atomic.__exit__(None, None, None)
+
+    def _abort(self, exc) -> None:
+        """Remove every temporary file; an OSError becomes the message naming ``path``."""
+        if self.raw is not None:
+            self.raw.close()
+        if self.compress and os.path.exists(self.raw_path):
+            os.remove(self.raw_path)
+        self.atomic.__exit__(type(exc), exc, None)
+
+
 def _write(image: sitk.Image, path) -> Path:
     with AtomicFile(path) as tmp:
         sitk.WriteImage(image, tmp, useCompression=True)
@@ -273,36 +362,47 @@ def _write(image: sitk.Image, path) -> Path:
 
 
 def write_image(path, array: np.ndarray, grid: Grid) -> Path:
-    """Write a (z, y, x) array on ``grid``."""
+    """Write a (z, y, x) array on ``grid``, in its own pixel type."""
+    if nifti.is_nifti(path):
+        with SlabWriter(path, grid, array.dtype) as out:
+            out.write(0, array)
+        return Path(path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     grid.apply_to_sitk(image)
     return _write(image, path)
 
 
 def write_labels(path, channels: np.ndarray, grid: Grid) -> Path:
-    """Write (C, z, y, x) label channels as a 4-D (x, y, z, C) image like the input labels
-    (a single channel is written 4-D too, so the channel count is kept)."""
-    channels = np.ascontiguousarray(channels, dtype=np.float32)
-    image = sitk.GetImageFromArray(channels, isVector=False)  # 4-D, axes reversed: (x, y, z, C)
-    direction = np.eye(4)
-    direction[:3, :3] = grid.direction_matrix
-    image.SetSpacing(grid.spacing + (1.0,))
-    image.SetOrigin(grid.origin + (0.0,))
-    image.SetDirection(direction.ravel().tolist())
-    return _write(image, path)
+    """Write (C, z, y, x) label channels as a 4-D (x, y, z, C) float32 image like the input
+    labels (a single channel is written 4-D too, so the channel count is kept)."""
+    with labels_writer(path, grid, channels.shape[0]) as out:
+        out.write(0, channels)
+    return Path(path)
+
+
+def labels_writer(path, grid: Grid, channels: int) -> SlabWriter:
+    """A :class:`SlabWriter` for ``channels`` label channels (NIfTI only)."""
+    _check_nifti_output(path)
+    return SlabWriter(path, grid, np.float32, "channels", channels)
 
 
 def write_displacement(path, ddf_lps: np.ndarray, grid: Grid) -> Path:
-    """Write a (z, y, x, 3) LPS displacement field (fixed -> moving, mm) as a vector image that
-    ``SimpleITK.DisplacementFieldTransform`` (and Slicer) apply directly."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(ddf_lps, dtype=np.float64), isVector=True)
-    grid.apply_to_sitk(image)
-    return _write(image, path)
+    """Write a (z, y, x, 3) LPS displacement field (fixed -> moving, mm) as a float64 vector
+    image that ``SimpleITK.DisplacementFieldTransform`` (and Slicer) apply directly."""
+    with displacement_writer(path, grid) as out:
+        out.write(0, ddf_lps)
+    return Path(path)
 
 
-def read_displacement_transform(path) -> sitk.DisplacementFieldTransform:
-    image = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
-    return sitk.DisplacementFieldTransform(image)
+def displacement_writer(path, grid: Grid) -> SlabWriter:
+    """A :class:`SlabWriter` for a displacement field (NIfTI only)."""
+    _check_nifti_output(path)
+    return SlabWriter(path, grid, np.float64, "vector", 3)
+
+
+def _check_nifti_output(path) -> None:
+    if not nifti.is_nifti(path):
+        raise LabelRegError(f"{path}: labels and displacement fields are written as NIfTI; name it .nii.gz or .nii")
 
 
 def affine_to_sitk(affine_lps: np.ndarray) -> sitk.AffineTransform:

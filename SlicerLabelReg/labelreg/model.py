@@ -1,7 +1,8 @@
 """The registration model: global net + local net + the geometry that links them.
 
-:meth:`RegistrationModel.forward_pair` is the single forward path used by training,
-evaluation, the command line and the Slicer module.
+:meth:`RegistrationModel.forward_pair` is the forward path of evaluation, the command line
+and the Slicer module; training enters it one step later, at :meth:`RegistrationModel.forward_on_grid`,
+with the fixed image sampled through its augmentation.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .choices import ALIGNMENTS, GLAND_TRANSLATIONS, MODES
 from .grid import Grid
 from .networks import GlandLocaliser, GlobalNet, LocalNet
 from .overlap import overlap_translation_lps
-from .transforms import INITIAL_ALIGNMENTS, affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
+from .transforms import affine_from_params, ddf_grid_to_lps, initial_transform, transform_points
 from .warp import sample
 
 #: 2: ModelConfig.gland_translation; a format-1 model aligns by gland centroids, and a
@@ -22,19 +24,64 @@ from .warp import sample
 #: 3: the networks' frame and fields of view (``frame_direction_lps``, ``fixed_field_mm``,
 #: ``moving_field_mm``); older files load with the frame they were trained in (the public data
 #: set's storage, :data:`RAS_AXES_LPS`) and fields that follow each image's extent, as before.
-FORMAT_VERSION = 3
+#: 4: the options only rejected research experiments used are gone (:data:`RETIRED_OPTIONS`).
+#: An older file loads when it sets them to the values that changed nothing (the bundled model
+#: and every model of the current recipe do); one that used them is refused (:func:`retire_options`).
+FORMAT_VERSION = 4
 #: index axes i, j, k along the patient's right, anterior and superior directions (as LPS
 #: columns): the storage of the public MR-TRUS data set, the frame the bundled model was trained in
 RAS_AXES_LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 ROLES = ("fixed", "moving")
-MODES = ("affine", "deformable", "local")
-#: the grid-only alignments, and "gland": the translation between the two glands that the model's
-#: gland localisers predict (centroids or best overlap: :attr:`ModelConfig.gland_translation`)
-ALIGNMENTS = INITIAL_ALIGNMENTS + ("gland",)
 
 
-#: how the "gland" alignment matches the predicted glands (:attr:`ModelConfig.gland_translation`)
-GLAND_TRANSLATIONS = ("centroid", "overlap")
+#: options of model formats <= 3 that format 4 removed, with the value under which each changed
+#: nothing: top-level ones, then those of each network's constructor arguments. (The global net's
+#: ``keypoints``, ``keypoint_level`` and ``ridge`` were read by the keypoint head only.)
+RETIRED_OPTIONS = {"local_gland_inputs": False, "localiser_spacing_mm": None}
+RETIRED_NET_OPTIONS = {"global_net": {"norm": "instance", "head": "dense", "dof": "affine"},
+                       "local_net": {"norm": "instance"}, "localiser": {"norm": "instance"}}
+KEYPOINT_OPTIONS = ("keypoints", "keypoint_level", "ridge")
+
+
+class RetiredOptionError(ValueError):
+    """A model configuration uses, with an effect, an option that model format 4 removed."""
+
+    def __init__(self, option: str, value):
+        self.option, self.value = option, value
+        super().__init__(f"model option {option} = {value!r} was removed in model format {FORMAT_VERSION} (only a "
+                         "rejected research experiment used it): retrain with the current recipe "
+                         "(LabelRegTraining/scripts/train_gland_fold.sh) or use labelreg <= 0.1")
+
+
+def retire_options(values: dict) -> dict:
+    """A saved model configuration without the options of :data:`RETIRED_OPTIONS` and
+    :data:`RETIRED_NET_OPTIONS`, where each holds the value under which it changed nothing (a
+    localiser spacing equal to the network grid's included); :class:`RetiredOptionError` for one
+    that does not."""
+    out = dict(values)
+    grid_mm = out.get("grid_spacing_mm", ModelConfig.grid_spacing_mm)
+    for option, inert in RETIRED_OPTIONS.items():
+        value = out.pop(option, inert)
+        if value != inert and not (option == "localiser_spacing_mm" and value == grid_mm):
+            raise RetiredOptionError(option, value)
+    for net in RETIRED_NET_OPTIONS:
+        if isinstance(out.get(net), dict):
+            out[net] = retire_net_options(net, out[net])
+    return out
+
+
+def retire_net_options(net: str, arguments: dict) -> dict:
+    """The constructor arguments of network ``net`` ("global_net", "local_net" or "localiser")
+    without the options of :data:`RETIRED_NET_OPTIONS` that hold their inert value;
+    :class:`RetiredOptionError` for one that does not."""
+    arguments = dict(arguments)
+    for option, inert in RETIRED_NET_OPTIONS[net].items():
+        value = arguments.pop(option, inert)
+        if value != inert:
+            raise RetiredOptionError(f"{net}.{option}", value)
+    if net == "global_net":  # a dense head never read them
+        arguments = {k: v for k, v in arguments.items() if k not in KEYPOINT_OPTIONS}
+    return arguments
 
 
 def is_gland_alignment(alignment) -> bool:
@@ -53,11 +100,7 @@ class ModelConfig:
         intensity_percentiles: each image is mapped linearly so these percentiles go to 0 and 1.
         global_net / local_net: constructor arguments of the two networks.
         localiser: constructor arguments of the two :class:`GlandLocaliser` (TRUS, MR), or None.
-        localiser_spacing_mm: isotropic spacing of the grid each localiser sees its image on
-            (default: ``grid_spacing_mm``), so the registration nets can work finer or coarser.
-        local_gland_inputs: the local net also sees the gland probability maps the two
-            localisers predict (the fixed one, and the moving one warped like the moving image):
-            4 input channels instead of 2. Still images only: the maps come from the images.
+            They see their images at ``grid_spacing_mm`` too.
         frame_direction_lps: the axes (3x3 row-major, columns in LPS) of every grid a network sees
             an image on: the frame the model was trained in. Images stored along other axes are
             resampled into it, so that a registration depends only on the physical images.
@@ -74,12 +117,9 @@ class ModelConfig:
     grid_spacing_mm: float = 3.0
     initial_alignment: str = "centers"
     intensity_percentiles: tuple = (1.0, 99.0)
-    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3],
-                                                     "norm": "instance"})
-    local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4, "norm": "instance"})
+    global_net: dict = field(default_factory=lambda: {"base_channels": 8, "levels": 4, "pooled_size": [3, 4, 3]})
+    local_net: dict = field(default_factory=lambda: {"base_channels": 16, "levels": 4})
     localiser: dict | None = None
-    localiser_spacing_mm: float | None = None
-    local_gland_inputs: bool = False
     gland_translation: str = "centroid"
     overlap_radius_mm: float = 12.0
     frame_direction_lps: tuple = RAS_AXES_LPS
@@ -87,23 +127,18 @@ class ModelConfig:
     moving_field_mm: tuple | None = None
     format_version: int = FORMAT_VERSION
 
-    @property
-    def localiser_spacing(self) -> float:
-        return self.localiser_spacing_mm or self.grid_spacing_mm
-
     def __post_init__(self):
         if self.initial_alignment not in ALIGNMENTS:
             raise ValueError(f"initial_alignment must be one of {ALIGNMENTS}")
         if self.initial_alignment == "gland" and self.localiser is None:
             raise ValueError("initial_alignment 'gland' needs a localiser (its constructor arguments, e.g. {})")
-        if self.local_gland_inputs and self.localiser is None:
-            raise ValueError("local_gland_inputs needs a localiser (its constructor arguments, e.g. {})")
         if self.gland_translation not in GLAND_TRANSLATIONS:
             raise ValueError(f"gland_translation must be one of {GLAND_TRANSLATIONS}, got {self.gland_translation!r}")
         if not self.overlap_radius_mm > 0:
             raise ValueError(f"overlap_radius_mm must be positive, got {self.overlap_radius_mm}")
-        if "in_channels" in self.local_net:
-            raise ValueError("local_net: set local_gland_inputs instead of in_channels")
+        for net in RETIRED_NET_OPTIONS:  # e.g. "norm": "instance", which every network once spelt out
+            if getattr(self, net) is not None:
+                setattr(self, net, retire_net_options(net, getattr(self, net)))
         self.intensity_percentiles = tuple(float(p) for p in self.intensity_percentiles)
         frame = np.asarray(self.frame_direction_lps, dtype=np.float64)
         if frame.size != 9 or not np.allclose(frame.reshape(3, 3).T @ frame.reshape(3, 3), np.eye(3), atol=1e-6):
@@ -157,7 +192,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        """The configuration saved as ``values`` (any format): keys this LabelReg does not know are
+        ignored, retired ones checked by :func:`retire_options`."""
+        known = {k: v for k, v in retire_options(values).items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
@@ -182,7 +219,10 @@ def normalize_intensity(array: np.ndarray, percentiles=(1.0, 99.0), field: Grid 
     if high <= low:
         low, high = float(array.min()), float(array.max())
     scale = 1.0 / max(float(high - low), 1e-6)
-    return np.clip((array.astype(np.float32) - np.float32(low)) * np.float32(scale), -0.5, 1.5).astype(np.float32)
+    out = array.astype(np.float32)  # one copy, then in place: an image of any size costs 4 bytes per voxel
+    out -= np.float32(low)
+    out *= np.float32(scale)
+    return np.clip(out, -0.5, 1.5, out=out)
 
 
 class RegistrationModel(nn.Module):
@@ -190,7 +230,7 @@ class RegistrationModel(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         self.global_net = GlobalNet(**self.config.global_net)
-        self.local_net = LocalNet(**self.config.local_net, in_channels=4 if self.config.local_gland_inputs else 2)
+        self.local_net = LocalNet(**self.config.local_net)
         self.localisers = None if self.config.localiser is None else nn.ModuleDict(
             {"fixed": GlandLocaliser(**self.config.localiser), "moving": GlandLocaliser(**self.config.localiser)})
 
@@ -211,17 +251,15 @@ class RegistrationModel(nn.Module):
 
     def localiser_grid(self, grid: Grid, role: str) -> Grid:
         """The grid the gland localiser of ``role`` sees its image on (training and inference)."""
-        return self.frame_grid(grid, role, self.config.localiser_spacing, self.localisers[role].multiple)
-
+        return self.frame_grid(grid, role, self.config.grid_spacing_mm, self.localisers[role].multiple)
 
     def uses_gland_maps(self, alignment, mode: str) -> bool:
-        """Whether registering in ``mode`` from ``alignment`` runs the localisers (compute
-        :meth:`gland_maps` once and pass them to :meth:`initial_lps` and :meth:`forward_pair`)."""
-        return is_gland_alignment(alignment) or (self.config.local_gland_inputs and mode != "affine")
+        """Whether registering in ``mode`` from ``alignment`` runs the localisers: only the gland
+        alignment does, whatever the mode (the networks see the images only)."""
+        return is_gland_alignment(alignment)
 
     def gland_maps(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid) -> tuple:
-        """The gland probabilities the two localisers predict, each on its ``localiser_spacing``
-        grid: ((fixed (B, 1, ...), its Grid), (moving (B, 1, ...), its Grid)). No gradients."""
+        """The gland probabilities the two localisers predict, each on its :meth:`localiser_grid`: ((fixed (B, 1, ...), its Grid), (moving (B, 1, ...), its Grid)). No gradients."""
         if self.localisers is None:
             raise ValueError("this model has no gland localiser: use the 'centers' or 'headers' alignment")
         with torch.no_grad():
@@ -234,7 +272,7 @@ class RegistrationModel(nn.Module):
         """(B, 4, 4) fixed -> moving LPS transform that starts the registration.
 
         ``alignment`` (default: the model's) is one of :data:`ALIGNMENTS`. For "gland" each
-        localiser segments its (normalised) image on a ``localiser_spacing`` grid, and the
+        localiser segments its (normalised) image on its :meth:`localiser_grid`, and the
         translation takes the predicted TRUS gland to the predicted MR one (centroid to centroid,
         or best overlap: ``config.gland_translation``); a pair
         where either prediction is empty falls back to the volume centres. ``gland_maps``: the
@@ -275,19 +313,8 @@ class RegistrationModel(nn.Module):
                                                          self.config.overlap_radius_mm)
         return fixed_c, moving_c, fixed_found & moving_found
 
-    def forward_pair(
-        self,
-        fixed: torch.Tensor,
-        fixed_grid: Grid,
-        moving: torch.Tensor,
-        moving_grid: Grid,
-        initial_lps: torch.Tensor,
-        mode: str = "deformable",
-        fixed_points_lps: torch.Tensor | None = None,
-        train_global: bool = True,
-        residual_lps: torch.Tensor | None = None,
-        gland_maps: tuple | None = None,
-    ):
+    def forward_pair(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                     initial_lps: torch.Tensor, mode: str = "deformable"):
         """Register a batch of pairs.
 
         Args:
@@ -296,43 +323,33 @@ class RegistrationModel(nn.Module):
             initial_lps: (B, 4, 4) fixed -> moving initial transform.
             mode: "affine" (global net only), "deformable" (global then local) or "local"
                 (local net after the initial transform only).
-            fixed_points_lps: where to sample the fixed image for the network grid, (B, D, H, W, 3)
-                (training uses this for augmentation); default: the network grid points.
-            train_global: when False the global net runs without gradients (local stage).
-            residual_lps: (B, 4, 4) training only: a misalignment composed after the global
-                net and before the local net (``affine_lps @ residual_lps``), which the local
-                net has to undo.
-            gland_maps: :meth:`gland_maps` of these images when already computed (models with
-                ``local_gland_inputs``; computed here otherwise).
 
         Returns:
             (affine_lps (B, 4, 4), ddf_lps (B, D, H, W, 3) or None, net_grid, fixed_net) where
             the moving point of network-grid point x is ``affine_lps (x + ddf_lps(x))``.
         """
+        net_grid = self.network_grid(fixed_grid)
+        fixed_net = sample(fixed, fixed_grid, net_grid.points_lps(dtype=fixed.dtype, device=fixed.device))
+        return self.forward_on_grid(fixed_net, net_grid, moving, moving_grid, initial_lps, mode)
+
+    def forward_on_grid(self, fixed_net: torch.Tensor, net_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                        initial_lps: torch.Tensor, mode: str):
+        """:meth:`forward_pair` from the fixed image as the networks see it: ``fixed_net``
+        (B, 1, D, H, W) on ``net_grid`` (:meth:`network_grid`). Training enters here, with the
+        fixed image sampled through its augmentation; the networks and the moving side are the
+        same code."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        net_grid = self.network_grid(fixed_grid)
-        points = net_grid.points_lps(dtype=fixed.dtype, device=fixed.device)
-        fixed_net = sample(fixed, fixed_grid, points if fixed_points_lps is None else fixed_points_lps)
-        affine_lps = initial_lps.to(fixed.dtype)
+        points = net_grid.points_lps(dtype=fixed_net.dtype, device=fixed_net.device)
+        affine_lps = initial_lps.to(fixed_net.dtype)
         if mode != "local":
             moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
-            with torch.set_grad_enabled(train_global and torch.is_grad_enabled()):
-                params = self.global_net(torch.cat([fixed_net, moving_net], dim=1))
+            params = self.global_net(torch.cat([fixed_net, moving_net], dim=1))
             affine_lps = affine_lps @ affine_from_params(params, net_grid)
         if mode == "affine":
             return affine_lps, None, net_grid, fixed_net
-        if not train_global:
-            affine_lps = affine_lps.detach()
-        if residual_lps is not None:
-            affine_lps = affine_lps @ residual_lps.to(affine_lps.dtype)
-        moving_points = transform_points(affine_lps, points)
-        inputs = [fixed_net, sample(moving, moving_grid, moving_points)]
-        if self.config.local_gland_inputs:  # the gland maps, seen where the images are
-            (fixed_p, fixed_g), (moving_p, moving_g) = gland_maps or self.gland_maps(fixed, fixed_grid, moving, moving_grid)
-            inputs += [sample(fixed_p, fixed_g, points if fixed_points_lps is None else fixed_points_lps),
-                       sample(moving_p, moving_g, moving_points)]
-        ddf_grid = self.local_net(torch.cat(inputs, dim=1))
+        moving_net = sample(moving, moving_grid, transform_points(affine_lps, points))
+        ddf_grid = self.local_net(torch.cat([fixed_net, moving_net], dim=1))
         return affine_lps, ddf_grid_to_lps(ddf_grid, net_grid), net_grid, fixed_net
 
 

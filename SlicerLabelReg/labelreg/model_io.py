@@ -1,7 +1,11 @@
 """Model files: ``<name>.pt`` (``{format_version, config, state_dict}``, read with
 ``torch.load(weights_only=True)``) and a ``<name>.json`` sidecar holding the metadata
 (architecture, training spacing, normalisation, data provenance, metrics) and the sha256 of
-the ``.pt`` file, which is verified before loading."""
+the ``.pt`` file, which is verified before loading.
+
+Files of an older format load with what they record; an option a newer format removed loads when
+it holds the value under which it changed nothing, and is refused, in one line naming the file
+and the option, when it does not (:func:`labelreg.model.retire_options`)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +15,10 @@ from pathlib import Path
 
 import torch
 
+from . import resources
 from .errors import LabelRegError
 from .io import AtomicFile
-from .model import FORMAT_VERSION, ModelConfig, RegistrationModel
-
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "Resources" / "Models" / "labelreg_mrus.pt"
+from .model import FORMAT_VERSION, ModelConfig, RegistrationModel, RetiredOptionError
 
 
 def sha256_of(path) -> str:
@@ -63,9 +66,10 @@ def read_metadata(path) -> dict:
 
 def load_model(path=None, map_location="cpu") -> tuple[RegistrationModel, dict]:
     """Load a model file after checking its sha256; returns (model in eval mode, metadata)."""
-    path = Path(path) if path is not None else BUNDLED_MODEL
+    path = Path(path) if path is not None else resources.BUNDLED_MODEL_FILE
     if not path.exists():
-        hint = " (the bundled model has not been installed with the module)" if path == BUNDLED_MODEL else ""
+        bundled = path == resources.BUNDLED_MODEL_FILE
+        hint = " (the bundled model has not been installed with the module)" if bundled else ""
         raise LabelRegError(f"{path}: model file not found{hint}")
     metadata = read_metadata(path)
     actual = sha256_of(path)
@@ -86,6 +90,8 @@ def load_model(path=None, map_location="cpu") -> tuple[RegistrationModel, dict]:
     try:
         model = RegistrationModel(ModelConfig.from_dict(checkpoint["config"]))
         model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RetiredOptionError as exc:  # a model of an option only an older LabelReg has
+        raise LabelRegError(f"{path}: {exc}") from None
     except (RuntimeError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise LabelRegError(f"{path}: weights do not match the architecture in the file: {first}") from None

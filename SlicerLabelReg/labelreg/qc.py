@@ -9,8 +9,8 @@ Pure numpy + SimpleITK (no matplotlib).
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
+from ._sitk import sitk
 from .io import AtomicFile
 from .volume import Volume
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .choices import GRID_ALIGNMENTS
 from .grid import Grid
-
-INITIAL_ALIGNMENTS = ("centers", "headers")
 
 
 def _grid_frame(grid: Grid, dtype, device):
@@ -78,8 +77,8 @@ def initial_transform(fixed: Grid, moving: Grid, mode: str = "centers") -> np.nd
     ``"centers"`` maps the fixed volume's centre to the moving volume's centre (a pure
     translation, which keeps the true scale); ``"headers"`` trusts the file headers (identity).
     """
-    if mode not in INITIAL_ALIGNMENTS:
-        raise ValueError(f"initial alignment must be one of {INITIAL_ALIGNMENTS}, got {mode!r}")
+    if mode not in GRID_ALIGNMENTS:
+        raise ValueError(f"initial alignment must be one of {GRID_ALIGNMENTS}, got {mode!r}")
     out = np.eye(4)
     if mode == "centers":
         out[:3, 3] = moving.center_lps - fixed.center_lps

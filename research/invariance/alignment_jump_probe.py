@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from labelreg import storage
 from labelreg.engine import RegistrationEngine
-from labelreg.model_io import BUNDLED_MODEL, read_metadata
+from labelreg.model_io import read_metadata
+from labelreg.resources import BUNDLED_MODEL_FILE as BUNDLED_MODEL
 
 sys.path.insert(0, "benchmarks")
 from storage_invariance import load_cases

@@ -6,7 +6,8 @@ view its networks were trained on, and its training domain (2026-12-02).
 import argparse
 import json
 
-from labelreg.model_io import BUNDLED_MODEL, load_model, save_model
+from labelreg.model_io import load_model, save_model
+from labelreg.resources import BUNDLED_MODEL_FILE as BUNDLED_MODEL
 from labelreg_training.export import training_domain
 
 SAVED_KEYS = ("format_version", "config", "weights_file", "sha256", "size_bytes")

@@ -3,7 +3,7 @@ when its TRUS gland label touches a face of the TRUS volume. Prints, for each me
 JSON files grouped by label, as ``labelreg-train report``), the median landmark TRE and gland Dice
 of the cut pairs and of the others, then the cut pairs' names.
 
-    python LabelRegTraining/scripts/field_of_view_split.py DATA EVAL.json [EVAL.json ...]
+    python research/scripts/field_of_view_split.py DATA EVAL.json [EVAL.json ...]
 """
 import argparse
 

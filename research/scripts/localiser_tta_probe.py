@@ -7,7 +7,7 @@ localiser predicts in the view frame is mapped back by ``view``. The centroids o
 averaged. For the fold's validation pairs it prints the median centroid error of each localiser
 (against the true gland label's centroid) and the landmark TRE of the gland translation.
 
-    python LabelRegTraining/scripts/localiser_tta_probe.py DATA FOLD CHECKPOINT [--views 1,4,8]
+    python research/scripts/localiser_tta_probe.py DATA FOLD CHECKPOINT [--views 1,4,8]
 """
 import argparse
 

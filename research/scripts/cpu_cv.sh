@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cross-validation folds on a small CPU machine: one single-threaded process per fold, all at
-# once, each stage time-boxed (the recipe of LabelRegTraining/results/cv, folds 1-4, on 2 cores).
+# once, each stage time-boxed (the recipe of research/results/cv, folds 1-4, on 2 cores).
 #
-#   usage: cpu_cv.sh DATA RUNS [FOLDS...]        (default folds: 1 2 3 4)
+#   usage: research/scripts/cpu_cv.sh DATA RUNS [FOLDS...]        (default folds: 1 2 3 4)
 #
 # DATA is the data folder or its cache file; RUNS/foldN/{global,local,joint} and RUNS/foldN.log
 # are written. Stages end at their step count or time box (GLOBAL_MIN, LOCAL_MIN, JOINT_MIN

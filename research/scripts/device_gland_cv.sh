@@ -7,27 +7,29 @@
 # What comes back in $OUT: runs.tar.part* with every evaluation JSON, every log and config, and
 # fold 0's best checkpoints (float16, see device_pack.py), packed every two minutes and at the end.
 #
-#   usage: device_gland_cv.sh CACHE.pt.gz [SCALE]    (SCALE multiplies every budget; default 1)
+#   usage: research/scripts/device_gland_cv.sh CACHE.pt.gz [SCALE]    (SCALE multiplies every budget; default 1)
 #
 # VARIANTS (default "one all all_mirror"): one = the recipe (one label per step), all =
-# --label-draw all, all_mirror = --label-draw all with configs/gland_local_mirror.json, all_2mm =
-# --label-draw all with configs/gland_local_2mm.json (the local net on a 2 mm grid), overlap = the
-# bundled recipe since stop 17 (one label, configs/gland_overlap.json: the gland translation by best
+# --label-draw all, all_mirror = --label-draw all with research/configs/gland_local_mirror.json, all_2mm =
+# --label-draw all with research/configs/gland_local_2mm.json (the local net on a 2 mm grid), overlap = the
+# bundled recipe since stop 17 (one label, LabelRegTraining/configs/gland_overlap.json: the gland translation by best
 # overlap), overlap_all = overlap with --label-draw all, overlap_1p5 = overlap with the local net on
-# the labels' 1.5 mm grid (configs/gland_overlap_1p5mm.json; about 8x the voxels). The localisers
+# the labels' 1.5 mm grid (research/configs/gland_overlap_1p5mm.json; about 8x the voxels). The localisers
 # are evaluated from their centroids (eval.json) and by best overlap (eval_overlap.json).
 # SEEDS (default "0 1 2"), FOLDS (default "0 1 2 3 4"); FRACTIONS (default "1"): shares of the
 # training subjects the local stage learns from (--train-fraction, learning curves; runs named
 # local_VARIANT_fF_sSEED below 1); LOCAL_STEPS (default 600; the time budget grows with it);
-# LOCALISER_CONFIG (default configs/gland_alignment.json; e.g. configs/gland_alignment_fovcut.json). A CPU check:
-#   FOLDS=0 SEEDS=0 VARIANTS=all bash device_gland_cv.sh cache.pt.gz 0.02   (VARIANTS=overlap: 2 min)
+# LOCALISER_CONFIG (default LabelRegTraining/configs/gland_alignment.json; e.g. research/configs/gland_alignment_fovcut.json).
+# A CPU check, from the repository root:
+#   FOLDS=0 SEEDS=0 VARIANTS=all bash research/scripts/device_gland_cv.sh cache.pt.gz 0.02   (VARIANTS=overlap: 2 min)
 # shellcheck source=device_env.sh
 . "$(dirname "$0")/device_env.sh"
 runs=$root/runs/device_gland
 mkdir -p "$runs"
 device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-gland=$here/../configs/gland_alignment.json
-mirror=$here/../configs/gland_local_mirror.json
+recipe=$root/LabelRegTraining/configs configs=$here/../configs  # the product's recipe configs; the research ones
+gland=$recipe/gland_alignment.json
+mirror=$configs/gland_local_mirror.json
 common=(--data "$data" --threads 1 --log-every 25 --checkpoint-minutes 1)
 steps=${LOCAL_STEPS:-600}
 
@@ -49,12 +51,12 @@ fold_job() {  # the localisers of one fold, then its local stages in parallel
             one) flags=(--config "$gland"); label="one label per step" ;;
             all) flags=(--config "$gland" --label-draw all); label="all labels" ;;
             all_mirror) flags=(--config "$mirror" --label-draw all); label="all labels, mirrored pairs" ;;
-            all_2mm) flags=(--config "$here/../configs/gland_local_2mm.json" --label-draw all)
+            all_2mm) flags=(--config "$configs/gland_local_2mm.json" --label-draw all)
                 label="all labels, local net on a 2 mm grid" ;;
-            overlap) flags=(--config "$here/../configs/gland_overlap.json"); label="overlap alignment, one label per step" ;;
-            overlap_all) flags=(--config "$here/../configs/gland_overlap.json" --label-draw all)
+            overlap) flags=(--config "$recipe/gland_overlap.json"); label="overlap alignment, one label per step" ;;
+            overlap_all) flags=(--config "$recipe/gland_overlap.json" --label-draw all)
                 label="overlap alignment, all labels" ;;
-            overlap_1p5) flags=(--config "$here/../configs/gland_overlap_1p5mm.json")
+            overlap_1p5) flags=(--config "$configs/gland_overlap_1p5mm.json")
                 label="overlap alignment, one label per step, local net on a 1.5 mm grid" ;;
             *) echo "unknown variant $variant"; return 1 ;;
         esac

@@ -1,7 +1,7 @@
 """Carry training runs back from a rented GPU machine, whose returned files are few and small.
 
-    python device_pack.py pack RUNS OUT        # on the GPU machine: RUNS/**/best.pt -> OUT/runs.tar.partNN
-    python device_pack.py unpack OUT DEST      # here: the parts -> DEST/**/best.pt (float32, loadable)
+    python research/scripts/device_pack.py pack RUNS OUT        # on the GPU machine: RUNS/**/best.pt -> OUT/runs.tar.partNN
+    python research/scripts/device_pack.py unpack OUT DEST      # here: the parts -> DEST/**/best.pt (float32, loadable)
 
 ``pack`` keeps, of each run's best checkpoint (the local stage's only while no joint one exists) (picked on the tuning subjects), the weights of
 the net(s) its stage trained, in float16 (scaled per tensor), plus config.json, log.csv and stdout.log; ``unpack``

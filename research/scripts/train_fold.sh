@@ -3,14 +3,15 @@
 # globally aligned pairs, then a joint fine-tune of both. Each stage starts from the best
 # checkpoint (on the tuning subjects) of the one before.
 #
-#   usage: train_fold.sh DATA OUT FOLD [fit flags for every stage, e.g. --resume or --threads 1]
+#   usage: research/scripts/train_fold.sh DATA OUT FOLD [fit flags for every stage, e.g. --resume or --threads 1]
 #
 # DATA is a data folder (public layout) or a data cache file. Per-stage flags come from
-# GLOBAL_ARGS, LOCAL_ARGS and JOINT_ARGS; the defaults are the CPU recipe of the first bundled model.
+# GLOBAL_ARGS, LOCAL_ARGS and JOINT_ARGS; the defaults are the CPU recipe of the first bundled model
+# (superseded by the gland recipe, LabelRegTraining/scripts/train_gland_fold.sh).
 # LABELREG_TRAIN overrides the command (default: labelreg-train).
 
-# shellcheck source=fold_args.sh
-. "$(dirname "$0")/fold_args.sh"
+# shellcheck source=../../LabelRegTraining/scripts/fold_args.sh
+. "$(dirname "$0")/../../LabelRegTraining/scripts/fold_args.sh"
 # shellcheck disable=SC2086 # the *_ARGS are flag lists
 fit --out "$out/global" --stage global ${GLOBAL_ARGS:---steps 2500 --lr 3e-4 --lr-final 1e-5 --val-every 125} "$@"
 # shellcheck disable=SC2086

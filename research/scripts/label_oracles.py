@@ -11,7 +11,7 @@ For each pair, the centroids (LPS, mm) of every label channel in both images:
   (Umeyama) fitted on the gland centroid and the *other* landmarks (3+ points needed,
   otherwise the gland translation), evaluated on the held-out landmark.
 
-    usage: python label_oracles.py DATA_DIR
+    usage: python research/scripts/label_oracles.py DATA_DIR
 """
 from __future__ import annotations
 

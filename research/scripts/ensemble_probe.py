@@ -8,7 +8,7 @@ outputs is the mean displacement field. ``--net localiser`` (affine mode): each 
 (TRUS, MR) is replaced by the mean of the members' logits, so the gland translation comes from the
 mean gland map. Evaluates each net and the ensemble on the fold's validation cases.
 
-    python LabelRegTraining/scripts/ensemble_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--net local] [--json OUT]
+    python research/scripts/ensemble_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--net local] [--json OUT]
 """
 import argparse
 import json

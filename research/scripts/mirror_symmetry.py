@@ -3,7 +3,7 @@ the mid-sagittal plane, and less so across the others (apex to base; the probe f
 posterior side). For each gland label (channel 0), the Dice of the gland and its mirror image
 across the plane through its centroid normal to each LPS axis, averaged over all cases.
 
-    python LabelRegTraining/scripts/mirror_symmetry.py DATA
+    python research/scripts/mirror_symmetry.py DATA
 """
 import argparse
 from pathlib import Path

@@ -8,7 +8,7 @@ the error is mostly a translation the pair's landmarks share (a global misalignm
 landmark by landmark (deformation inside the gland, or label noise). Also the gland's centroid
 error vector and the landmark errors after subtracting it.
 
-    python LabelRegTraining/scripts/residual_probe.py DATA FOLDS CHECKPOINT [--mode local] [--json OUT]
+    python research/scripts/residual_probe.py DATA FOLDS CHECKPOINT [--mode local] [--json OUT]
 
 FOLDS is a comma-separated list (0,1,2,3,4); CHECKPOINT may hold ``{fold}``
 (runs/ovl/fold{fold}/local_one/best.pt). Prints every landmark, then the medians per fold and pooled.

@@ -3,7 +3,7 @@ distance (mm) between each localiser's predicted gland centroid and the true gla
 centroid, TRUS and MR; with ``--png`` it draws, for the named cases, three orthogonal TRUS slices
 through the true gland with its outline (green) and the TRUS localiser's (red).
 
-    python LabelRegTraining/scripts/localiser_failures.py DATA FOLD CHECKPOINT [--png OUT --cases obs020,obs028]
+    python research/scripts/localiser_failures.py DATA FOLD CHECKPOINT [--png OUT --cases obs020,obs028]
 """
 import argparse
 

@@ -5,7 +5,7 @@
 # stage has a wall-clock budget, so the whole job ends on time whatever the GPU's speed.
 # Results are packed into $OUT (see device_pack.py), also every few minutes while training.
 #
-#   usage: device_cv.sh CACHE.pt.gz [SCALE]     (SCALE multiplies every budget; default 1)
+#   usage: research/scripts/device_cv.sh CACHE.pt.gz [SCALE]     (SCALE multiplies every budget; default 1)
 # shellcheck source=device_env.sh
 . "$(dirname "$0")/device_env.sh"
 runs=$root/runs/device

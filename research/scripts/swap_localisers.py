@@ -5,7 +5,7 @@ Both runs must be of the same fold (the script refuses otherwise, when both carr
 ``config.json``). The result is a training checkpoint that ``labelreg-train evaluate`` reads; a
 ``config.json`` beside it records the fold, so ``evaluate`` checks that too.
 
-    usage: python swap_localisers.py NETS.pt LOCALISERS.pt OUT.pt
+    usage: python research/scripts/swap_localisers.py NETS.pt LOCALISERS.pt OUT.pt
 """
 from __future__ import annotations
 

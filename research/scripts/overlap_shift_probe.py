@@ -3,7 +3,7 @@ search end at its radius? For each validation pair of a fold: the length (mm) of
 largest component along the TRUS localiser grid's axes (the search box is +-radius along each),
 and whether the pair's TRUS gland is cut by the field of view.
 
-    python LabelRegTraining/scripts/overlap_shift_probe.py DATA FOLD CHECKPOINT [--radius 12]
+    python research/scripts/overlap_shift_probe.py DATA FOLD CHECKPOINT [--radius 12]
 """
 import argparse
 

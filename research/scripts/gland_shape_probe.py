@@ -12,7 +12,7 @@ applied to one pair). The gland maps are either
 
 Landmark TRE and gland Dice are then measured at full resolution as in ``labelreg-train evaluate``.
 
-    python LabelRegTraining/scripts/gland_shape_probe.py DATA FOLD CHECKPOINT --masks localiser \
+    python research/scripts/gland_shape_probe.py DATA FOLD CHECKPOINT --masks localiser \
         --fit affine+ddf [--iters 100] [--bending 5] [--json OUT --label NAME]
 """
 import argparse

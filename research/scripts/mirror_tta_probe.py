@@ -9,7 +9,7 @@ the mirror is a flip of the network's inputs and output along that grid axis, wi
 component along it negated. Evaluates each checkpoint with and without it on the fold's
 validation cases.
 
-    python LabelRegTraining/scripts/mirror_tta_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--json-prefix P]
+    python research/scripts/mirror_tta_probe.py DATA FOLD CHECKPOINT [CHECKPOINT ...] [--json-prefix P]
 """
 import argparse
 import json
