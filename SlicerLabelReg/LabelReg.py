@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 #: Python's garbage collector could free the observer while VTK still calls it (a crash).
 _liveLogics = set()
 
+#: the results line's colour per verdict of labelreg.confidence
+VERDICT_COLORS = {"good": "#1a7f37", "check": "#b35900", "doubtful": "#c62828"}
+
 
 class LabelReg(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -223,9 +226,15 @@ class LabelRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFinished(self, outputs):
         self.ui.progressBar.value = 100
         self.ui.statusLabel.text = _("Done.")
-        self.ui.resultsLabel.text = outputs.summary
+        self._showSummary(outputs)
         self._showOutputs(outputs)
         self.updateButtons()
+
+    def _showSummary(self, outputs):
+        """The results line, coloured by the registration's verdict (good, check, doubtful)."""
+        self.ui.resultsLabel.text = outputs.summary
+        verdict = getattr(outputs.outcome.result, "verdict", None)
+        self.ui.resultsLabel.styleSheet = f"color: {VERDICT_COLORS[verdict]}" if verdict in VERDICT_COLORS else ""
 
     def onError(self, error):
         self.ui.statusLabel.text = _("Failed: ") + _firstLine(error)
@@ -271,7 +280,7 @@ class LabelRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLiveFinished(self, outputs):
         self.ui.progressBar.value = 100
-        self.ui.resultsLabel.text = outputs.summary
+        self._showSummary(outputs)
         failed = _(" ({count} frames failed)").format(count=self._liveErrors) if self._liveErrors else ""
         self.ui.statusLabel.text = _("Live TRUS: updated") + failed + "."
         if not self._liveShown:  # the layers once; afterwards the user's view settings are kept

@@ -121,8 +121,10 @@ def test_batch_reports_bad_pair_and_writes_the_others(files, batch_data, tmp_pat
     assert sorted(p.name for p in (out_dir / "warped_labels").iterdir()) == ["p0.nii.gz", "p2.nii.gz"]
     assert sorted(p.name for p in (out_dir / "ddf").iterdir()) == ["p0.nii.gz", "p2.nii.gz"]
     assert "2 of 3 pairs registered" in out and "summary over 2 pairs" in out
-    rows = list(csv.DictReader((out_dir / "metrics.csv").read_text().splitlines()))
-    assert [r["name"] for r in rows] == ["p0", "p2", "summary"]
+    rows = list(csv.DictReader((out_dir / "registrations.csv").read_text().splitlines()))
+    assert [r["name"] for r in rows] == ["p0", "p2"] and all(r["mode"] == "deformable" for r in rows)
+    assert all(float(r["seconds"]) > 0 and 0 < float(r["dice"]) <= 1 and ";" in r["tre_mm"] for r in rows)
+    assert "confidence" in rows[0] and "verdict" in rows[0]  # empty: this model has no calibration
 
     # evaluate the batch output folder against the data folder
     csv_path = tmp_path / "eval.csv"

@@ -95,5 +95,5 @@ def test_command_line_and_batch_show_the_warnings(pair, tmp_path, capsys):
     fixed_labels = read_labels(resources.sample_pair_file("fixed_labels"), fixed.grid)
     write_labels(data / "fixed_labels" / "big.nii.gz", storage.padded(fixed_labels, 80.0).channels, padded.grid)
     assert cli.main(["batch", str(data), str(tmp_path / "batch"), "--mode", "affine", "--device", "cpu"]) == 0
-    table = (tmp_path / "batch" / "metrics.csv").read_text().splitlines()
+    table = (tmp_path / "batch" / "registrations.csv").read_text().splitlines()
     assert table[0].endswith(",warnings") and "the networks see its central" in table[1]

@@ -145,7 +145,7 @@ def test_batch_refuses_then_overwrites_only_its_outputs(files, tmp_path, capsys)
     assert "pairs registered" not in out_text
     code, _, err = run(argv + ["--overwrite"], capsys)
     assert code == 0, err
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["warped_moving",
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["registrations.csv", "warped_moving",
                                                                            "warped_moving/c0.nii.gz"]
 
 

@@ -98,7 +98,8 @@ def test_arrays_and_geometry_travel_losslessly(tmp_path, phantom):
     result = WorkerResult(affine_lps=rng.normal(size=(4, 4)), fixed_grid=pair.fixed.grid, mode="deformable",
                           device="cpu", ddf_lps=rng.normal(size=shape + (3,)).astype(np.float32),
                           warped_moving=rng.normal(size=shape).astype(np.float32), warped_labels=None,
-                          timings={"network": 0.1}, initial_lps=np.eye(4), warnings=["far"])
+                          timings={"network": 0.1}, initial_lps=np.eye(4), warnings=["far"], confidence=0.42,
+                          verdict="check", confidence_features={"gland_agreement": 0.8})
     outcome = RegistrationOutcome(result, 1.5, "cpu", ["note"], {"dice": 0.8, "landmark_mm": [1.25, float("inf")]})
     message = json.loads(json.dumps(transfer.writeOutcome(tmp_path, outcome)))
     got = transfer.readOutcome(tmp_path, message)
@@ -107,6 +108,11 @@ def test_arrays_and_geometry_travel_losslessly(tmp_path, phantom):
     np.testing.assert_array_equal(got.result.warped_moving, result.warped_moving)
     assert got.result.warped_labels is None and got.result.fixed_grid == pair.fixed.grid
     assert got.metrics == outcome.metrics and got.notes == ["note"] and got.result.warnings == ["far"]
+    assert (got.result.confidence, got.result.verdict, got.result.confidence_features) == (
+        0.42, "check", {"gland_agreement": 0.8})
+    from LabelRegLib.inference import formatSummary
+
+    assert "Check the overlay (confidence 0.42)" in formatSummary(got)
 
 
 def test_python_for_the_worker(tmp_path):

@@ -109,4 +109,4 @@ def test_batch_without_model_from_any_folder(fresh_venv, installed, tmp_path):
     out_dir = tmp_path / "batch"
     run([fresh_venv / "bin" / "labelreg", "batch", installed["sample_pair"], out_dir, "--device", "cpu"], tmp_path)
     assert (out_dir / "warped_labels" / f"{resources.SAMPLE_PAIR_NAME}.nii.gz").is_file()
-    assert resources.SAMPLE_PAIR_NAME in (out_dir / "metrics.csv").read_text()
+    assert resources.SAMPLE_PAIR_NAME in (out_dir / "registrations.csv").read_text()

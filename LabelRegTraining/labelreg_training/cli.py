@@ -192,6 +192,24 @@ def _compare(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from . import calibrate
+
+    if args.rows and Path(args.rows).exists():
+        rows = calibrate.read_rows(args.rows)
+    else:
+        models = dict(spec.split("=", 1) for spec in args.model)
+        rows = calibrate.collect(args.data, models)
+        if args.rows:
+            calibrate.write_rows(args.rows, rows)
+    calibration, text = calibrate.calibrate(rows)
+    print(text)
+    if args.write:
+        calibrate.store(args.write, calibration, text)
+        print(f"calibration written into {args.write}'s metadata")
+    return 0
+
+
 def _baseline(args) -> int:
     from .baseline import run_baseline
     return run_baseline(args)
@@ -240,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "the first label is the baseline")
     p.add_argument("--cases", help="only these cases, comma-separated (a subgroup, e.g. the cut glands)")
     p.add_argument("--exclude", help="all cases but these, comma-separated")
+    p = sub.add_parser("calibrate", help="fit the confidence of registrations on cross-validation")
+    p.add_argument("--data", help="data folder (public layout)")
+    p.add_argument("--model", action="append", default=[], metavar="FOLD=MODEL",
+                   help="each fold's exported model (scores that fold's validation pairs); repeat per fold")
+    p.add_argument("--rows", help="CSV of the collected features and errors: written, or read when it exists")
+    p.add_argument("--write", help="store the calibration in this model's metadata (e.g. the bundled model)")
     p = sub.add_parser("plot", help="loss and metric curves of a run as PNG")
     p.add_argument("log", help="a run's log.csv")
     p.add_argument("--out", help="PNG path (default beside the log)")
@@ -250,7 +274,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"fit": _fit, "evaluate": _evaluate, "export": _export, "plot": _plot, "baseline": _baseline,
-                "report": _report, "compare": _compare}[args.command](args)
+                "report": _report, "compare": _compare, "calibrate": _calibrate}[args.command](args)
     except LabelRegError as exc:
         print(f"labelreg-train: error: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,9 @@ class WorkerResult:
     timings: dict = field(default_factory=dict)
     initial_lps: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+    confidence: float | None = None         # labelreg.confidence: P(mean landmark error <= 8 mm)
+    verdict: str | None = None              # "good", "check" or "doubtful"
+    confidence_features: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -165,9 +168,16 @@ def evaluate(warpedLabels, fixedLabels, grid) -> dict | None:
     return {"dice": dice(warped[0], fixed[0]), "landmark_mm": distances}
 
 
+#: how each verdict reads in the panel (labelreg.confidence)
+VERDICT_TEXT = {"good": "Good", "check": "Check the overlay", "doubtful": "Doubtful: check carefully"}
+
+
 def formatSummary(outcome: RegistrationOutcome, latency: float | None = None) -> str:
-    """One results line: time, device, notes, Dice and landmark distances."""
+    """One results line: time, device, the confidence's verdict, notes, Dice and landmark distances."""
     parts = [f"Registered in {outcome.seconds:.2f} s on {outcome.device.upper()}"]
+    verdict = getattr(outcome.result, "verdict", None)
+    if verdict is not None:
+        parts.append(f"{VERDICT_TEXT[verdict]} (confidence {outcome.result.confidence:.2f})")
     if latency is not None:
         parts.append(f"live latency {latency:.2f} s")
     metrics = outcome.metrics

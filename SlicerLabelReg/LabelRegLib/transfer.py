@@ -81,6 +81,8 @@ def writeOutcome(folder: Path, outcome: RegistrationOutcome) -> dict:
         "initial_lps": None if initial is None else np.asarray(initial, dtype=np.float64).tolist(),
         "fixed_grid": gridToJson(result.fixed_grid), "mode": result.mode, "result_device": str(result.device),
         "timings": dict(result.timings), "warnings": list(result.warnings),
+        "confidence": result.confidence, "verdict": result.verdict,
+        "confidence_features": dict(result.confidence_features),
     }
 
 
@@ -92,5 +94,6 @@ def readOutcome(folder: Path, message: dict) -> RegistrationOutcome:
         affine_lps=np.asarray(message["affine_lps"], dtype=np.float64), fixed_grid=gridFromJson(message["fixed_grid"]),
         mode=message["mode"], device=message["result_device"], timings=message["timings"],
         initial_lps=None if initial is None else np.asarray(initial, dtype=np.float64),
-        warnings=message["warnings"], **arrays)
+        warnings=message["warnings"], confidence=message["confidence"], verdict=message["verdict"],
+        confidence_features=message["confidence_features"], **arrays)
     return RegistrationOutcome(result, message["seconds"], message["device"], message["notes"], message["metrics"])

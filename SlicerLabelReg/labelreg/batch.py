@@ -28,6 +28,8 @@ from .warp import sample
 
 #: the QC picture shows images finer than this on a grid of this spacing (mm)
 QC_SPACING_MM = 1.0
+REGISTRATION_COLUMNS = ("name", "mode", "confidence", "verdict", "seconds", "dice", "tre_median_mm", "hd95_mm",
+                        "n_landmarks", "folding_fraction", "tre_mm", "warnings")
 CSV_COLUMNS = ("name", "dice", "dice_p10", "hd95_mm", "tre_median_mm", "tre_p90_mm", "n_landmarks",
                "folding_fraction", "tre_mm", "warnings")
 
@@ -204,23 +206,10 @@ def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: st
             if index + 1 < len(names):
                 pending = pool.submit(pairs[index + 1].read)
             try:
-                fixed, moving, labels, fixed_labels = future.result()
-                evaluate = labels is not None and fixed_labels is not None
-                result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment,
-                                         outputs=evaluate)
-                grid = result.fixed_grid
-                kind = "warped_labels" if labels is not None else "warped_moving"
-                paths = {kind: out_dir / kind / f"{name}.nii.gz"}
-                if save_ddf:
-                    paths["displacement"] = out_dir / "ddf" / f"{name}.nii.gz"
-                write_outputs(result, paths, moving, labels)
-                line = f"{name}: {time.perf_counter() - tick:.2f} s"
-                if evaluate:
-                    row = {"name": name, **evaluate_pair(result.warped_labels, fixed_labels.channels, grid,
-                                                         result.ddf_lps), "warnings": " | ".join(result.warnings)}
-                    rows.append(row)
-                    line += "  " + format_metrics(row)
-                progress.write(line + "".join(f"\n  warning: {w}" for w in result.warnings))
+                row = _register_one(engine, name, future.result(), out_dir, mode, alignment, save_ddf)
+                row["seconds"] = time.perf_counter() - tick
+                rows.append(row)
+                progress.write(_batch_line(row))
             except LabelRegError as exc:
                 failures.append((name, str(exc)))
             progress.step(name)
@@ -229,11 +218,52 @@ def run_batch(engine, data_dir, out_dir, mode: str = "deformable", alignment: st
     done = len(names) - len(failures)
     print(f"{done} of {len(names)} pairs registered in {total:.1f} s ({total / len(names):.2f} s per pair); "
           f"outputs in {out_dir}")
+    evaluated = [row for row in rows if "dice" in row]
+    if evaluated:
+        print(f"summary over {len(evaluated)} pairs: {format_metrics(summarize(evaluated))}")
     if rows:
-        summary = summarize(rows)
-        print(f"summary over {len(rows)} pairs: {format_metrics(summary)}")
-        print(f"metrics written to {write_metrics_csv(out_dir / 'metrics.csv', rows, summary)}")
+        print(f"one row per pair written to {write_registrations_csv(out_dir / 'registrations.csv', rows)}")
     return report_failures(failures)
+
+
+def _register_one(engine, name: str, volumes: tuple, out_dir: Path, mode: str, alignment, save_ddf: bool) -> dict:
+    """Register one pair of a batch and write its outputs; its row of ``registrations.csv``."""
+    fixed, moving, labels, fixed_labels = volumes
+    evaluate = labels is not None and fixed_labels is not None
+    result = engine.register(fixed, moving, labels, mode=mode, initial_alignment=alignment, outputs=evaluate)
+    kind = "warped_labels" if labels is not None else "warped_moving"
+    paths = {kind: out_dir / kind / f"{name}.nii.gz"}
+    if save_ddf:
+        paths["displacement"] = out_dir / "ddf" / f"{name}.nii.gz"
+    write_outputs(result, paths, moving, labels)
+    row = {"name": name, "mode": mode, "confidence": result.confidence, "verdict": result.verdict,
+           "warnings": list(result.warnings)}
+    if evaluate:
+        row.update(evaluate_pair(result.warped_labels, fixed_labels.channels, result.fixed_grid, result.ddf_lps))
+    return row
+
+
+def _batch_line(row: dict) -> str:
+    line = f"{row['name']}: {row['seconds']:.2f} s"
+    if row["verdict"] is not None:
+        line += f", {row['verdict']} (confidence {row['confidence']:.2f})"
+    if "dice" in row:
+        line += "  " + format_metrics(row)
+    return line + "".join(f"\n  warning: {w}" for w in row["warnings"])
+
+
+def write_registrations_csv(path, rows: list) -> Path:
+    """One row per registered pair: name, mode, confidence and verdict (:mod:`labelreg.confidence`),
+    seconds, warnings, and with fixed labels the metrics (TRE as each landmark's, ';'-separated)."""
+    with lio.AtomicFile(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=REGISTRATION_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            tre = row.get("tre_mm")
+            values = {**row, "warnings": " | ".join(row["warnings"]),
+                      "tre_mm": None if tre is None else ";".join(_fmt(t) for t in tre)}
+            writer.writerow({k: _fmt(values.get(k)) for k in REGISTRATION_COLUMNS})
+    return Path(path)
 
 
 # ------------------------------------------------------------------- evaluate

@@ -54,9 +54,16 @@ def _print_timings(timings: dict, extra: dict) -> None:
     print(f"timings: {stages} (registration {sum(timings.values()):.3f} s); {others}")
 
 
+#: what each verdict of labelreg.confidence asks of the user
+VERDICT_ADVICE = {"good": "good", "check": "check the overlay", "doubtful": "doubtful: check it carefully before use"}
+
+
 def _print_outcome(outcome: dict, mode: str) -> None:
     for key, path in outcome["paths"].items():
         print(f"  {key:14s} {path}")
+    result = outcome["result"]
+    if result.verdict is not None:
+        print(f"confidence: {result.confidence:.2f} ({VERDICT_ADVICE[result.verdict]})")
     if outcome["metrics_before"] is not None:
         from .metrics import format_metrics
         print(f"before (initial alignment, no network): {format_metrics(outcome['metrics_before'])}")

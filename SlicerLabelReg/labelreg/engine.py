@@ -13,7 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import confidence
 from .choices import ALIGNMENTS, DEVICES, MODES
+from .confidence import Calibration
 from .domain import check_input
 from .errors import LabelRegError, RegistrationCancelled
 from .grid import Grid
@@ -106,6 +108,11 @@ class RegistrationResult:
         timings: seconds per stage.
         initial_lps: (4, 4) the initial alignment the networks started from.
         warnings: one line each where an input lies far from the model's training domain.
+        confidence: in [0, 1], the estimated probability that the mean landmark error is within
+            8 mm (:mod:`labelreg.confidence`), or None (a model without gland localisers or without
+            a calibration, or a registration started from a given matrix).
+        verdict: "good", "check" or "doubtful" with ``confidence``, else None.
+        confidence_features: the label-free measures the confidence is computed from.
     """
 
     affine_lps: np.ndarray
@@ -119,6 +126,9 @@ class RegistrationResult:
     timings: dict = field(default_factory=dict)
     initial_lps: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+    confidence: float | None = None
+    verdict: str | None = None
+    confidence_features: dict = field(default_factory=dict)
 
     def output_slabs(self, moving: Volume | None = None, labels: Volume | None = None, grid: Grid | None = None):
         """Yield (k0, ddf_lps, warped_moving, warped_labels) numpy slabs, axial index ``k0``
@@ -170,6 +180,7 @@ class RegistrationEngine:
         else:
             self.model, self.metadata = load_model(model)
         self.device = select_device(device)
+        self.calibration = Calibration.from_dict(self.metadata["confidence"]) if "confidence" in self.metadata else None
         if threads:
             torch.set_num_threads(int(threads))
         self.model.to(self.device).eval()
@@ -244,6 +255,17 @@ class RegistrationEngine:
                 "check the spacing units (mm) or crop the image"
             )
 
+    def _judge(self, results, maps, pairs) -> None:
+        """Each result's confidence features, and with a calibration its confidence and verdict."""
+        (fixed_maps, fixed_map_grid), (moving_maps, moving_map_grid) = maps
+        for b, result in enumerate(results):
+            result.confidence_features = confidence.features(
+                result.transform, fixed_maps[b:b + 1], fixed_map_grid, moving_maps[b:b + 1], moving_map_grid,
+                pairs[b][0].grid)
+            if self.calibration is not None:
+                result.confidence = self.calibration.score(result.confidence_features)
+                result.verdict = self.calibration.verdict(result.confidence)
+
     def _normalised(self, pairs) -> tuple:
         """The pairs' images normalised, as (B, 1, ...) fixed and moving tensors, and each pair's
         warnings where an image lies far from the model's training domain."""
@@ -300,6 +322,8 @@ class RegistrationEngine:
             fixed_grid=fixed_grid, mode=mode, device=str(dev), timings=timings,
             initial_lps=initial[b].double().cpu().numpy(), warnings=warnings[b],
         ) for b in range(len(pairs))]
+        if maps is not None:
+            self._judge(results, maps, pairs)
         if not outputs:
             step(1.0, "done", "network")
             return results

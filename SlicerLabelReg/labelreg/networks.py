@@ -22,6 +22,23 @@ from torch import nn
 OUTPUT_INIT_STD = 1e-6
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that, on the CPU without gradients (inference), always runs oneDNN's kernel.
+
+    PyTorch picks its kernel by a rule written for 2-D images (it counts N x C x D x H, not W):
+    for one small 3-D volume, as at inference here, it falls back to its slow reference kernel,
+    about 10x slower than oneDNN for a 16-channel 3x3x3 layer (measured: see the model card, "Speed").
+    The two agree to float rounding (~1e-6); training, with gradients, is unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and self.padding_mode == "zeros" and torch.backends.mkldnn.is_available()):
+            return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        return super().forward(x)
+
+
 def _norm(channels: int) -> nn.Module:
     """Instance norm: it behaves identically in training and inference, whatever the batch."""
     return nn.InstanceNorm3d(channels, affine=True)
@@ -32,11 +49,11 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv1 = Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
         self.bn1 = _norm(out_channels)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = _norm(out_channels)
-        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1, bias=False)
+        self.skip = nn.Identity() if in_channels == out_channels else Conv3d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -128,8 +145,8 @@ class LocalNet(nn.Module):
         self.multiple = 2 ** (levels - 1)
 
     @staticmethod
-    def _output(channels: int) -> nn.Conv3d:
-        conv = nn.Conv3d(channels, 3, 3, padding=1)
+    def _output(channels: int) -> Conv3d:
+        conv = Conv3d(channels, 3, 3, padding=1)
         nn.init.normal_(conv.weight, mean=0.0, std=OUTPUT_INIT_STD)
         nn.init.normal_(conv.bias, mean=0.0, std=OUTPUT_INIT_STD)
         return conv
@@ -169,7 +186,7 @@ class GlandLocaliser(nn.Module):
                                 for level in reversed(range(levels - 1)))
         self.decode = nn.ModuleList(ResidualBlock(2 * channels[level], channels[level])
                                     for level in reversed(range(levels - 1)))
-        self.output = nn.Conv3d(channels[0], 1, 1)
+        self.output = Conv3d(channels[0], 1, 1)
         self.multiple = 2 ** (levels - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

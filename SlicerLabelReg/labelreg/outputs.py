@@ -11,9 +11,10 @@ from pathlib import Path
 from .errors import LabelRegError
 
 #: files ``labelreg register`` and ``labelreg demo`` write (batch.register_to_folder), the
-#: batch's metrics table, and the Slicer batch script's ``<MR name>-<kind>`` files
+#: batch's table, evaluation's metrics and the Slicer batch script's ``<MR name>-<kind>`` files
 OUTPUT_FILES = ("warped_moving.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "qc.png",
-                "metrics.csv", "*-affine.h5", "*-deformable.h5", "*-registered.seg.nrrd", "*-resampled.nrrd")
+                "registrations.csv", "metrics.csv", "*-affine.h5", "*-deformable.h5", "*-registered.seg.nrrd",
+                "*-resampled.nrrd")
 #: folders of .nii.gz files we write: {name: its subfolders} (``labelreg batch``; the demo's
 #: phantom pair in ``inputs/``, in the public data layout)
 OUTPUT_FOLDERS = {"warped_labels": {}, "warped_moving": {}, "ddf": {},
