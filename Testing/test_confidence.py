@@ -102,3 +102,12 @@ def test_every_result_carries_its_confidence(calibrated_model, phantom, tmp_path
                      "--moving-labels", files["moving_labels"], "--output-dir", str(tmp_path / "one"),
                      "--model", str(calibrated_model), "--device", "cpu"]) == 0
     assert f"confidence: {result.confidence:.2f} (" in capsys.readouterr().out
+
+
+def test_features_do_not_depend_on_the_slab_size(monkeypatch):
+    from labelreg import engine as engine_module
+
+    fixed_map, moving_map = blob([19.0, 19.0, 19.0]), blob([23.0, 17.0, 19.0])
+    whole = confidence.features(shift([2, 0, 0]), fixed_map, GRID, moving_map, GRID, GRID)
+    monkeypatch.setattr(engine_module, "SLAB_VOXELS", 3 * 20 * 20)
+    assert confidence.features(shift([2, 0, 0]), fixed_map, GRID, moving_map, GRID, GRID) == pytest.approx(whole)

@@ -22,6 +22,7 @@ from .metrics import evaluate_pair, format_metrics, summarize
 from .model import is_gland_alignment
 from .outputs import prepare_output_dir
 from .qc import write_qc_png
+from .storage import resampled_on
 from .transforms import initial_transform, transform_points
 from .volume import Volume
 from .warp import sample
@@ -111,9 +112,8 @@ def write_qc(path, result, fixed: Volume, moving: Volume, labels: Volume | None,
     grid = result.fixed_grid
     if min(grid.spacing) < QC_SPACING_MM:
         grid = grid.resampled(np.maximum(grid.spacing, QC_SPACING_MM))
-        fixed = Volume(warp_initial(grid, fixed, np.eye(4))[0], grid, fixed.name)
-        if fixed_labels is not None:
-            fixed_labels = Volume(warp_initial(grid, fixed_labels, np.eye(4)), grid, fixed_labels.name)
+        fixed = resampled_on(fixed, grid)
+        fixed_labels = None if fixed_labels is None else resampled_on(fixed_labels, grid)
     shown = labels if labels is not None else moving
     slabs = list(result.output_slabs(None if labels is not None else moving, labels, grid))
     after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)

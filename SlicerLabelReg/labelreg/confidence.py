@@ -43,7 +43,7 @@ def features(transform, fixed_map: torch.Tensor, fixed_map_grid: Grid, moving_ma
     """
     fixed_p = fixed_map[0, 0]
     with torch.inference_mode():
-        _, _, where = next(iter(transform.slabs(fixed_map_grid)))  # a localiser grid is one slab
+        where = torch.cat([moving_points for _, _, moving_points in transform.slabs(fixed_map_grid)])
         carried = sample(moving_map.to(where.dtype), moving_map_grid, where[None])[0, 0]
         agreement = 2 * (fixed_p * carried).sum() / (fixed_p.sum() + carried.sum()).clamp_min(1e-9)
         local = transform.ddf_net_lps
