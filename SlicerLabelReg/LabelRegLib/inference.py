@@ -168,16 +168,15 @@ def evaluate(warpedLabels, fixedLabels, grid) -> dict | None:
     return {"dice": dice(warped[0], fixed[0]), "landmark_mm": distances}
 
 
-#: how each verdict reads in the panel (labelreg.confidence)
-VERDICT_TEXT = {"good": "Good", "check": "Check the overlay", "doubtful": "Doubtful: check carefully"}
-
-
 def formatSummary(outcome: RegistrationOutcome, latency: float | None = None) -> str:
     """One results line: time, device, the confidence's verdict, notes, Dice and landmark distances."""
     parts = [f"Registered in {outcome.seconds:.2f} s on {outcome.device.upper()}"]
     verdict = getattr(outcome.result, "verdict", None)
     if verdict is not None:
-        parts.append(f"{VERDICT_TEXT[verdict]} (confidence {outcome.result.confidence:.2f})")
+        from labelreg.choices import VERDICT_ADVICE
+
+        advice = VERDICT_ADVICE[verdict]
+        parts.append(f"{advice[0].upper()}{advice[1:]} (confidence {outcome.result.confidence:.2f})")
     if latency is not None:
         parts.append(f"live latency {latency:.2f} s")
     metrics = outcome.metrics

@@ -1,5 +1,6 @@
-"""The choices a registration takes, defined once for the library, the command line, the Slicer
-module and training (plain constants: the command line reads them before it imports torch)."""
+"""The choices a registration takes and the verdicts it gets, defined once for the library, the
+command line, the Slicer module and training (plain constants: the command line and Slicer read
+them without importing torch)."""
 
 #: "deformable": the alignment, the global net, then the local net; "affine": without the local
 #: net; "local": the local net after the initial alignment only (evaluation of that stage)
@@ -15,3 +16,5 @@ ALIGNMENTS = GRID_ALIGNMENTS + ("gland",)
 #: how the "gland" alignment matches the two predicted glands: centroid to centroid, or the best
 #: overlap of the two gland maps (:mod:`labelreg.overlap`)
 GLAND_TRANSLATIONS = ("centroid", "overlap")
+#: the verdicts of :mod:`labelreg.confidence`, and what each asks of the user
+VERDICT_ADVICE = {"good": "good", "check": "check the overlay", "doubtful": "doubtful: check it carefully before use"}

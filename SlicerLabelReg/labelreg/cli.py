@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__, resources
-from .choices import ALIGNMENTS, DEVICES, USER_MODES
+from .choices import ALIGNMENTS, DEVICES, USER_MODES, VERDICT_ADVICE
 from .errors import LabelRegError, RegistrationCancelled
 
 UNTRAINED_NOTICE = "no trained model bundled yet: using the initial alignment only"
@@ -52,10 +52,6 @@ def _print_timings(timings: dict, extra: dict) -> None:
     stages = ", ".join(f"{k} {v:.3f} s" for k, v in timings.items())
     others = ", ".join(f"{k} {v:.2f} s" for k, v in extra.items())
     print(f"timings: {stages} (registration {sum(timings.values()):.3f} s); {others}")
-
-
-#: what each verdict of labelreg.confidence asks of the user
-VERDICT_ADVICE = {"good": "good", "check": "check the overlay", "doubtful": "doubtful: check it carefully before use"}
 
 
 def _print_outcome(outcome: dict, mode: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .choices import VERDICT_ADVICE
 from .grid import Grid
 from .warp import sample
 
@@ -24,7 +25,7 @@ from .warp import sample
 GOOD_TRE_MM = 8.0
 #: the TRUS gland's share within this distance of the TRUS image's border (mm) is "at the border"
 BORDER_MM = 3.0
-VERDICTS = ("good", "check", "doubtful")
+VERDICTS = tuple(VERDICT_ADVICE)
 
 
 def features(transform, fixed_map: torch.Tensor, fixed_map_grid: Grid, moving_map: torch.Tensor,
