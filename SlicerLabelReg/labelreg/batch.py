@@ -115,8 +115,12 @@ def write_qc(path, result, fixed: Volume, moving: Volume, labels: Volume | None,
         fixed = resampled_on(fixed, grid)
         fixed_labels = None if fixed_labels is None else resampled_on(fixed_labels, grid)
     shown = labels if labels is not None else moving
-    slabs = list(result.output_slabs(None if labels is not None else moving, labels, grid))
-    after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)
+    held = result.warped_labels if labels is not None else result.warped_moving
+    if held is not None and grid is result.fixed_grid:  # the outputs are in memory (metrics): no second warp
+        after = held if labels is not None else held[None]
+    else:
+        slabs = list(result.output_slabs(None if labels is not None else moving, labels, grid))
+        after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)
     before = warp_initial(grid, shown, start_from)
     if labels is not None:
         views = {"warped_labels_before": before, "warped_labels_after": after}
