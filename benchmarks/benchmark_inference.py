@@ -11,7 +11,8 @@ excluding file I/O, batch throughput, peak memory and model size, and a baseline
 in the same run (the same pipeline in affine mode: global net only); for a model whose gland
 alignment uses the best overlap, also the same model from the gland centroids. With pair files
 (``--data`` or the phantom written to disk), also whole ``labelreg register`` processes (import,
-model load, reading, registration, writing): median wall time and peak memory.
+model load, reading, registration, writing): median wall time and peak memory, and beside
+them processes that only import SimpleITK and torch (the floor under any such process).
 
 Every time is also printed as a multiple of a reference measured in the same run (a plain
 16-channel 3x3x3 conv3d on a 32^3 volume, the networks' typical layer), so runs on other days and
@@ -99,24 +100,49 @@ def reference_seconds(runs: int = 50) -> float:
     return statistics.median(times)
 
 
+# Runs a command from a small forked process and prints its wall seconds, peak RSS (KB) and exit code.
+# Linux keeps a process's peak RSS across exec, and a child spawned straight from this (large)
+# benchmark process would report this process's peak as its own; a fork of a small launcher does not.
+_LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured_processes(command: list, runs: int) -> tuple:
+    """(median wall seconds, peak MB) of ``runs`` processes running ``command``."""
+    walls, peaks = [], []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], capture_output=True, text=True,
+                              check=False)
+        wall, peak_kb, code = done.stdout.split()
+        if int(code):
+            raise SystemExit(f"{Path(command[0]).name} failed: {done.stderr.strip()}")
+        walls.append(float(wall))
+        peaks.append(int(peak_kb) / 1024)
+    return statistics.median(walls), max(peaks)
+
+
 def process_times(paths: dict, model, threads: int, runs: int) -> tuple:
     """(median wall seconds, peak MB) of ``labelreg register`` processes on the pair's files."""
     labelreg = Path(sys.executable).with_name("labelreg")
-    walls, peaks = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(runs):
-            command = [str(labelreg), "register", "--fixed", str(paths["fixed_images"]),
-                       "--moving", str(paths["moving_images"]), "--moving-labels", str(paths["moving_labels"]),
-                       "--output-dir", f"{tmp}/out{index}", "--threads", str(threads)]
-            command += ["--model", str(model)] if model else []
-            start = time.perf_counter()
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(process.pid, 0)
-            walls.append(time.perf_counter() - start)
-            if os.waitstatus_to_exitcode(status):
-                raise SystemExit(f"labelreg register failed: {process.stderr.read().decode()}")
-            peaks.append(usage.ru_maxrss / 1024)
-    return statistics.median(walls), max(peaks)
+        command = [str(labelreg), "register", "--fixed", str(paths["fixed_images"]),
+                   "--moving", str(paths["moving_images"]), "--moving-labels", str(paths["moving_labels"]),
+                   "--output-dir", f"{tmp}/out", "--overwrite", "--threads", str(threads)]
+        return measured_processes(command + (["--model", str(model)] if model else []), runs)
+
+
+def import_times(runs: int) -> tuple:
+    """(median wall seconds, peak MB) of processes that only import SimpleITK and torch: the floor
+    under any ``labelreg register`` process (most of it the shared libraries' code)."""
+    return measured_processes([sys.executable, "-c", "import SimpleITK, torch"], runs)
 
 
 def median_times(engine, pairs, mode, runs, warmup=2):
@@ -151,6 +177,7 @@ def main(argv=None) -> int:
         fixed, moving, labels, description, read = load_pair(args.data, args.case, tmp, args.skip_io)
         io_times = [read()[3] for _ in range(max(3, args.runs // 2))] if read else []
         process = process_times(read.paths, args.model, args.threads, 5) if read and args.device == "cpu" else None
+        imports = import_times(5) if process else None
     model, model_name, model_bytes = get_model(args.model)
     engine = RegistrationEngine(model, device=args.device, threads=args.threads)
     net_grid = model.network_grid(fixed.grid)
@@ -192,6 +219,8 @@ def main(argv=None) -> int:
     if process:
         print(f"{'labelreg register process':28s}{process[0] * 1000:9.1f} ms{process[0] / reference:8.1f}   "
               f"(median of 5: import, model load, read, register, write); peak RSS {process[1]:.0f} MB")
+        print(f"{'  of which imports':28s}{imports[0] * 1000:9.1f} ms{imports[0] / reference:8.1f}   "
+              f"(a process that only imports SimpleITK and torch); peak RSS {imports[1]:.0f} MB")
     if engine.device.type == "cuda":
         print(f"{'peak GPU memory':28s}{torch.cuda.max_memory_allocated() / 2**20:9.0f} MB")
     return 0
