@@ -59,17 +59,17 @@ def main():
               f"moving {tuple(inputs['moving'].shape)}, local {tuple(local_in.shape)}")
         for name, (net, inp) in nets.items():
             base_out = net(inp)
-            base = timed(lambda: net(inp), args.runs)
+            base = timed(lambda net=net, inp=inp: net(inp), args.runs)
             line = f"{name:18s} today {base * 1000:7.1f} ms ({base / reference:5.1f} x ref)"
             cl_net = net.to(memory_format=torch.channels_last_3d)
             cl_in = inp.contiguous(memory_format=torch.channels_last_3d)
-            cl = timed(lambda: cl_net(cl_in), args.runs)
+            cl = timed(lambda cl_net=cl_net, cl_in=cl_in: cl_net(cl_in), args.runs)
             diff = (cl_net(cl_in) - base_out).abs().max().item()
             net.to(memory_format=torch.contiguous_format)
             line += f" | channels-last {cl * 1000:7.1f} ms (diff {diff:.1e})"
             with torch.jit.optimized_execution(True):
                 frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net.eval(), inp)))
-                jit = timed(lambda: frozen(inp), args.runs)
+                jit = timed(lambda frozen=frozen, inp=inp: frozen(inp), args.runs)
                 diff = (frozen(inp) - base_out).abs().max().item()
             line += f" | frozen TorchScript {jit * 1000:7.1f} ms (diff {diff:.1e})"
             print(line, flush=True)
