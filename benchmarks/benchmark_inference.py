@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from child_process import run_measured
 from labelreg import io as lio
 from labelreg import resources
 from labelreg.engine import RegistrationEngine
@@ -101,32 +101,9 @@ def reference_times(runs: int = 50) -> list:
     return times
 
 
-# Runs a command from a small forked process and prints its wall seconds, peak RSS (KB) and exit code.
-# Linux keeps a process's peak RSS across exec, and a child spawned straight from this (large)
-# benchmark process would report this process's peak as its own; a fork of a small launcher does not.
-_LAUNCHER = """
-import os, sys, time
-start = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
-"""
-
-
 def measured_processes(command: list, runs: int) -> tuple:
     """(median wall seconds, peak MB) of ``runs`` processes running ``command``."""
-    walls, peaks = [], []
-    for _ in range(runs):
-        done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], capture_output=True, text=True,
-                              check=False)
-        wall, peak_kb, code = done.stdout.split()
-        if int(code):
-            raise SystemExit(f"{Path(command[0]).name} failed: {done.stderr.strip()}")
-        walls.append(float(wall))
-        peaks.append(int(peak_kb) / 1024)
+    walls, peaks = zip(*(run_measured(command) for _ in range(runs)))
     return statistics.median(walls), max(peaks)
 
 

@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from child_process import run_measured
 from labelreg import resources
 
 REFERENCE = "from labelreg.engine import RegistrationEngine; RegistrationEngine(None, 'cpu')"
-
-
-def peak_mb(command: list) -> tuple:
-    """(peak resident memory in MB, seconds) of a child process running ``command``."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{process.stderr.read()}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 def fixed_image(folder: Path, spacing_mm=None, size=None) -> tuple:
@@ -57,7 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     labelreg = Path(sys.executable).with_name("labelreg")
-    reference, _ = peak_mb([sys.executable, "-c", REFERENCE])
+    _, reference = run_measured([sys.executable, "-c", REFERENCE])
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; reference (import + load the model): "
           f"{reference:.0f} MB")
     print(f"{'fixed image':>22s} {'voxels':>8s} {'peak MB':>8s} {'x ref':>6s} {'B/voxel over ref':>17s} {'seconds':>8s}")
@@ -71,7 +60,7 @@ def main(argv=None) -> int:
                        "--moving", str(resources.sample_pair_file("moving_images")),
                        "--moving-labels", str(resources.sample_pair_file("moving_labels")),
                        "--output-dir", str(tmp / f"out{index}"), "--threads", str(args.threads)]
-            peak, seconds = peak_mb(command)
+            seconds, peak = run_measured(command)
             size = path.name[len("trus_"):-len(".nii.gz")]
             print(f"{size:>22s} {voxels / 1e6:7.1f}M {peak:8.0f} {peak / reference:6.2f} "
                   f"{(peak - reference) * 2**20 / voxels:17.1f} {seconds:8.1f}")
