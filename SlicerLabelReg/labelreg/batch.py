@@ -47,6 +47,14 @@ def warp_initial(fixed_grid: Grid, moving: Volume, alignment) -> np.ndarray:
         return sample(channels, moving.grid, points)[0].numpy()
 
 
+def _slabs(result, moving: Volume | None, labels: Volume | None, grid):
+    """The outputs on ``grid`` as (k0, ddf_lps, warped_moving, warped_labels) slabs: the result's
+    arrays as one slab when the engine computed them (on the fixed grid), else warped a slab at a time."""
+    if result.ddf_lps is not None and grid is result.fixed_grid:
+        return [(0, result.ddf_lps, result.warped_moving, result.warped_labels)]
+    return result.output_slabs(moving, labels, grid)
+
+
 def write_outputs(result, paths: dict, moving: Volume | None = None, labels: Volume | None = None) -> dict:
     """Write a registration's full-resolution outputs named in ``paths`` ("warped_moving",
     "warped_labels", "displacement": NIfTI files) a slab at a time, so that an output of any size
@@ -57,11 +65,8 @@ def write_outputs(result, paths: dict, moving: Volume | None = None, labels: Vol
               "displacement": lambda path: lio.displacement_writer(path, grid)}
     with ExitStack() as stack:
         writers = {key: stack.enter_context(opened[key](path)) for key, path in paths.items()}
-        if result.ddf_lps is not None:
-            slabs = [(0, result.ddf_lps, result.warped_moving, result.warped_labels)]
-        else:
-            slabs = result.output_slabs(moving if "warped_moving" in paths else None,
-                                        labels if "warped_labels" in paths else None)
+        slabs = _slabs(result, moving if "warped_moving" in paths else None,
+                       labels if "warped_labels" in paths else None, grid)
         for k0, ddf, warped, warped_labels in slabs:
             for key, slab in (("displacement", ddf), ("warped_moving", warped), ("warped_labels", warped_labels)):
                 if key in writers:
@@ -115,12 +120,8 @@ def write_qc(path, result, fixed: Volume, moving: Volume, labels: Volume | None,
         fixed = resampled_on(fixed, grid)
         fixed_labels = None if fixed_labels is None else resampled_on(fixed_labels, grid)
     shown = labels if labels is not None else moving
-    held = result.warped_labels if labels is not None else result.warped_moving
-    if held is not None and grid is result.fixed_grid:  # the outputs are in memory (metrics): no second warp
-        after = held if labels is not None else held[None]
-    else:
-        slabs = list(result.output_slabs(None if labels is not None else moving, labels, grid))
-        after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)
+    slabs = _slabs(result, None if labels is not None else moving, labels, grid)
+    after = np.concatenate([s[3] if labels is not None else s[2][None] for s in slabs], axis=1)
     before = warp_initial(grid, shown, start_from)
     if labels is not None:
         views = {"warped_labels_before": before, "warped_labels_after": after}
